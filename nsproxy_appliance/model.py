@@ -1,0 +1,136 @@
+"""The typed model shared by the applier and the daemon.
+
+Everything here is a frozen dataclass built from a validated manifest (see manifest.py).
+Nothing in this module touches the kernel or the filesystem.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+NETNS_RUN_DIR = "/run/netns"
+IFNAMSIZ_MAX = 15  # kernel IFNAMSIZ is 16 including the trailing NUL
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-tenant data-plane limits; every value has a default a user can override."""
+
+    header_timeout: float = 10.0  # seconds to receive a complete request head (slowloris guard)
+    idle_timeout: float = 60.0  # seconds a keep-alive client connection may sit idle
+    connect_timeout: float = 5.0  # seconds to connect to the upstream
+    read_timeout: float = 60.0  # seconds to wait for upstream response bytes
+    max_header_bytes: int = 65536  # request line + headers
+    max_body_bytes: int = 100 * 1024 * 1024  # request body
+    max_connections: int = 1024  # concurrent client connections per tenant
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(cls.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class Upstream:
+    """Where a tenant's requests go.
+
+    kind "http": host/port over TCP, connected from the host netns (from_ns="host") or from
+    inside the tenant's netns (from_ns="tenant"). kind "unix": a unix socket path in the host.
+    """
+
+    kind: Literal["http", "unix"]
+    host: str = ""
+    port: int = 0
+    path: str = ""  # unix socket path
+    from_ns: Literal["host", "tenant"] = "host"
+    url: str = ""  # the URL as written, for display
+
+    def describe(self) -> str:
+        if self.kind == "unix":
+            return f"unix:{self.path}"
+        return f"{self.url} (from {self.from_ns})"
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link nsproxy owns inside a tenant netns (today: dummy links)."""
+
+    name: str
+    kind: Literal["dummy"] = "dummy"
+    addresses: tuple[str, ...] = ()  # CIDR strings, normalised ("169.254.169.254/32")
+    mtu: int | None = None
+
+    def interfaces(self) -> tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]:
+        return tuple(ipaddress.ip_interface(a) for a in self.addresses)
+
+
+@dataclass(frozen=True)
+class NetnsRef:
+    """A tenant's network namespace.
+
+    Named namespaces live at /run/netns/<name>; nsproxy creates them when missing and may
+    delete them once it owns them. External ones (given by path) are never created or deleted.
+    """
+
+    path: str
+    name: str | None = None  # set for named namespaces
+
+    @property
+    def external(self) -> bool:
+        return self.name is None
+
+    @classmethod
+    def named(cls, name: str) -> NetnsRef:
+        return cls(path=f"{NETNS_RUN_DIR}/{name}", name=name)
+
+    def describe(self) -> str:
+        return self.name if self.name is not None else f"path:{self.path}"
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str  # an IP literal, without brackets
+    port: int
+
+    @property
+    def family(self) -> int:
+        return ipaddress.ip_address(self.host).version
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Tenant:
+    name: str
+    netns: NetnsRef
+    listen: tuple[Listen, ...]
+    upstream: Upstream
+    tenant_id: str
+    tenant_header: str
+    links: tuple[Link, ...] = ()
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class DaemonSettings:
+    """Process-wide daemon settings from the manifest's optional `daemon:` section."""
+
+    access_log: str = "stdout"  # "stdout", "off", or a file path
+    admin_listen: str | None = None  # optional host-netns TCP address for the admin API
+    drain_timeout: float = 30.0  # seconds in-flight requests get when a listener is removed
+
+
+@dataclass(frozen=True)
+class Manifest:
+    version: int
+    tenants: tuple[Tenant, ...]
+    daemon: DaemonSettings = field(default_factory=DaemonSettings)
+    source: str = "<memory>"
+
+    def tenant(self, name: str) -> Tenant:
+        for t in self.tenants:
+            if t.name == name:
+                return t
+        raise KeyError(name)

@@ -1,0 +1,194 @@
+"""Network namespace primitives: identity, enter-and-restore, sockets made inside a netns,
+and named-namespace create/delete without forking.
+
+A thread's network namespace is per OS thread (see shared/seeds). Everything here switches the
+*calling* thread only, and always switches back before returning. If switching back ever fails
+the process exits at once: code must never keep running in the wrong namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import os
+import socket
+import sys
+import threading
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from .model import NETNS_RUN_DIR
+
+CLONE_NEWNET = 0x40000000
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_SHARED = 1 << 20
+MNT_DETACH = 0x2
+EXIT_WRONG_NAMESPACE = 70  # EX_SOFTWARE
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+
+_home_lock = threading.Lock()
+_home_fd: int | None = None
+
+
+class NetnsError(OSError):
+    """A namespace operation failed; the message says which namespace and why."""
+
+
+class NetnsIdentity(NamedTuple):
+    """What makes a namespace unique: two paths (or a name reused after delete) differ here."""
+
+    dev: int
+    ino: int
+
+    def __str__(self) -> str:
+        return f"{self.dev}:{self.ino}"
+
+
+def identity(path: str) -> NetnsIdentity:
+    st = os.stat(path)
+    return NetnsIdentity(st.st_dev, st.st_ino)
+
+
+def current_identity() -> NetnsIdentity:
+    return identity("/proc/thread-self/ns/net")
+
+
+def named_path(name: str) -> str:
+    return f"{NETNS_RUN_DIR}/{name}"
+
+
+def _check(rc: int, what: str) -> None:
+    if rc != 0:
+        err = ctypes.get_errno()
+        raise NetnsError(err, f"{what}: {os.strerror(err)}")
+
+
+def home_fd() -> int:
+    """An fd on the namespace the process started in (the host netns), opened once."""
+    global _home_fd
+    with _home_lock:
+        if _home_fd is None:
+            _home_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        return _home_fd
+
+
+def _restore(fd: int) -> None:
+    if _libc.setns(fd, CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        sys.stderr.write(f"nsproxy: FATAL: cannot switch back to the host network namespace: {os.strerror(err)}\n")
+        sys.stderr.flush()
+        os._exit(EXIT_WRONG_NAMESPACE)
+
+
+@contextlib.contextmanager
+def entered(path: str) -> Iterator[None]:
+    """Run the block with the calling thread inside the netns at `path`, then switch back."""
+    home = home_fd()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise NetnsError(e.errno, f"cannot open network namespace {path}: {e.strerror}") from None
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), f"cannot enter network namespace {path}")
+    finally:
+        os.close(fd)
+    try:
+        yield
+    finally:
+        _restore(home)
+
+
+def socket_in(path: str | None, family: int, type_: int = socket.SOCK_STREAM) -> socket.socket:
+    """A socket created inside the netns at `path` (None: the host netns).
+
+    A socket belongs to the namespace it was created in for its whole life, so the thread only
+    needs to be inside the namespace for the socket() call itself.
+    """
+    if path is None:
+        return socket.socket(family, type_)
+    with entered(path):
+        return socket.socket(family, type_)
+
+
+def exists(name: str) -> bool:
+    """Whether /run/netns/<name> is a live namespace (not a stale file left after a reboot).
+
+    A live one is an nsfs bind mount, so its device differs from the directory's.
+    """
+    try:
+        return os.stat(named_path(name)).st_dev != os.stat(NETNS_RUN_DIR).st_dev
+    except FileNotFoundError:
+        return False
+
+
+def _ensure_run_dir() -> None:
+    """Make /run/netns a shared mount point, as iproute2 does, so mounts propagate."""
+    os.makedirs(NETNS_RUN_DIR, mode=0o755, exist_ok=True)
+    target = NETNS_RUN_DIR.encode()
+    if _libc.mount(b"none", target, b"none", MS_SHARED | MS_REC, None) == 0:
+        return
+    if ctypes.get_errno() != errno.EINVAL:
+        _check(-1, f"cannot make {NETNS_RUN_DIR} shared")
+    _check(_libc.mount(target, target, b"none", MS_BIND | MS_REC, None), f"cannot bind-mount {NETNS_RUN_DIR}")
+    _check(_libc.mount(b"none", target, b"none", MS_SHARED | MS_REC, None), f"cannot make {NETNS_RUN_DIR} shared")
+
+
+def create_named(name: str) -> NetnsIdentity:
+    """Create /run/netns/<name> like `ip netns add`, in this thread, without a fork."""
+    _ensure_run_dir()
+    path = named_path(name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
+    except FileExistsError:
+        if exists(name):
+            raise NetnsError(errno.EEXIST, f"network namespace {name} already exists") from None
+        # A stale mount point file (e.g. left by a crash): reuse it.
+    else:
+        os.close(fd)
+    home = home_fd()
+    try:
+        _check(_libc.unshare(CLONE_NEWNET), f"cannot create network namespace {name}")
+        try:
+            _check(
+                _libc.mount(b"/proc/thread-self/ns/net", path.encode(), b"none", MS_BIND, None),
+                f"cannot bind network namespace {name} to {path}",
+            )
+        finally:
+            _restore(home)
+    except NetnsError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
+    return identity(path)
+
+
+def delete_named(name: str) -> None:
+    """Remove /run/netns/<name> like `ip netns delete` (the netns dies with its last user)."""
+    path = named_path(name)
+    if _libc.umount2(path.encode(), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
+        _check(-1, f"cannot unmount network namespace {name}")
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def pids_in(ident: NetnsIdentity) -> list[int]:
+    """Processes whose network namespace is `ident` (used to refuse pruning a busy netns)."""
+    pids = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            if identity(f"/proc/{entry.name}/ns/net") == ident:
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids

@@ -1,0 +1,143 @@
+"""The runtime config: the only thing the applier hands to the daemon.
+
+The applier renders it from the Manifest (after the kernel objects exist) and writes it
+atomically; the daemon reads it at start and on every reload. Its `generation` is a hash of
+the content, so "did the config change?" is a string comparison, and the daemon can report
+which generation it is serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from typing import Any
+
+from .model import DaemonSettings, Limits, Listen, Manifest, NetnsRef, Tenant, Upstream
+
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where nsproxy keeps its files; both overridable so tests and multi-instance hosts don't collide."""
+
+    state_dir: str = "/var/lib/nsproxy"  # ledger (survives reboots)
+    runtime_dir: str = "/run/nsproxy"  # daemon config, pidfile, admin socket (tmpfs)
+
+    @property
+    def ledger(self) -> str:
+        return os.path.join(self.state_dir, "ledger.json")
+
+    @property
+    def lock(self) -> str:
+        return os.path.join(self.state_dir, "apply.lock")
+
+    @property
+    def config(self) -> str:
+        return os.path.join(self.runtime_dir, "config.json")
+
+    @property
+    def pidfile(self) -> str:
+        return os.path.join(self.runtime_dir, "nsproxyd.pid")
+
+    @property
+    def admin_socket(self) -> str:
+        return os.path.join(self.runtime_dir, "admin.sock")
+
+    @property
+    def log_file(self) -> str:
+        return os.path.join(self.state_dir, "nsproxyd.log")
+
+
+def render(manifest: Manifest, paths: Paths) -> dict[str, Any]:
+    """The runtime config for `manifest`, as a JSON-ready dict including its generation."""
+    body = {
+        "format": FORMAT_VERSION,
+        "admin_socket": paths.admin_socket,
+        "daemon": dataclasses.asdict(manifest.daemon),
+        "tenants": [_tenant(t) for t in manifest.tenants],
+    }
+    return {"generation": generation_of(body), **body}
+
+
+def generation_of(body: dict[str, Any]) -> str:
+    canonical = json.dumps({k: v for k, v in body.items() if k != "generation"}, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _tenant(t: Tenant) -> dict[str, Any]:
+    return {
+        "name": t.name,
+        "tenant_id": t.tenant_id,
+        "tenant_header": t.tenant_header,
+        "netns": {"name": t.netns.name, "path": t.netns.path},
+        "listen": [{"host": listen.host, "port": listen.port} for listen in t.listen],
+        "upstream": dataclasses.asdict(t.upstream),
+        "limits": dataclasses.asdict(t.limits),
+    }
+
+
+def write(config: dict[str, Any], path: str) -> bool:
+    """Atomically write `config` to `path`; returns False when the file already holds it."""
+    text = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text:
+                return False
+    except FileNotFoundError:
+        pass
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return True
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """The daemon's parsed view of config.json."""
+
+    generation: str
+    admin_socket: str
+    daemon: DaemonSettings
+    tenants: tuple[Tenant, ...]
+
+
+def load(path: str) -> RuntimeConfig:
+    with open(path, encoding="utf-8") as f:
+        return parse(json.load(f))
+
+
+def parse(data: dict[str, Any]) -> RuntimeConfig:
+    if data.get("format") != FORMAT_VERSION:
+        raise ValueError(f"unsupported runtime config format {data.get('format')!r}")
+    tenants = tuple(
+        Tenant(
+            name=t["name"],
+            tenant_id=t["tenant_id"],
+            tenant_header=t["tenant_header"],
+            netns=NetnsRef(path=t["netns"]["path"], name=t["netns"]["name"]),
+            listen=tuple(Listen(host=x["host"], port=x["port"]) for x in t["listen"]),
+            upstream=Upstream(**t["upstream"]),
+            limits=Limits(**t["limits"]),
+        )
+        for t in data["tenants"]
+    )
+    return RuntimeConfig(
+        generation=data["generation"],
+        admin_socket=data["admin_socket"],
+        daemon=DaemonSettings(**data["daemon"]),
+        tenants=tenants,
+    )

@@ -1,0 +1,69 @@
+"""Fixtures shared by every suite: unique names and cleanup of the kernel objects tests create."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from nsproxy_appliance import netns
+from nsproxy_appliance.runtime_config import Paths
+
+# Every kernel object a test creates carries this run's token, so parallel or crashed runs never
+# collide, and leftovers are recognisable.
+RUN_TOKEN = secrets.token_hex(2)
+
+
+@pytest.fixture
+def unique() -> Callable[[str], str]:
+    """unique("acme") -> "t3f9a-acme-1": short (netns and link names have limits) and distinct."""
+    counter = iter(range(1, 1_000_000))
+
+    def make(prefix: str = "t") -> str:
+        return f"t{RUN_TOKEN}{secrets.token_hex(1)}-{prefix}{next(counter)}"
+
+    return make
+
+
+@pytest.fixture
+def paths(tmp_path) -> Paths:
+    """State and runtime dirs private to this test."""
+    return Paths(state_dir=str(tmp_path / "state"), runtime_dir=str(tmp_path / "run"))
+
+
+@pytest.fixture
+def netns_cleanup() -> Iterator[list[str]]:
+    """Append netns names to the yielded list; they are deleted after the test, pass or fail."""
+    names: list[str] = []
+    yield names
+    for name in names:
+        netns.delete_named(name)
+
+
+@pytest.fixture
+def make_netns(netns_cleanup: list[str]) -> Callable[[str], str]:
+    """Create a named netns with lo up (cleaned up after the test); returns its path."""
+
+    def make(name: str) -> str:
+        from pyroute2 import IPRoute
+
+        netns.create_named(name)
+        netns_cleanup.append(name)
+        path = netns.named_path(name)
+        with netns.entered(path):
+            ipr = IPRoute()
+        with ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        return path
+
+    return make
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="needs root (network namespaces)")
+        for item in items:
+            if "root" in item.keywords or "kernel" in item.keywords:
+                item.add_marker(skip)
