@@ -1,0 +1,122 @@
+"""The JSON Schema document itself: well-formed, strict, documented, and in step with the model."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from nsproxy_appliance import manifest
+from nsproxy_appliance.manifest import fields
+from nsproxy_appliance.model import DaemonSettings, Limits
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA_FILE = ROOT / "schemas" / "tenants.schema.json"
+
+
+@pytest.fixture(scope="module")
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_FILE.read_text())
+
+
+def subschemas(node: Any, path: str = "#") -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every schema object in the document, with a JSON-pointer-like path."""
+    if isinstance(node, dict):
+        yield path, node
+        for key, value in node.items():
+            if key in ("properties", "$defs"):
+                for name, sub in value.items():
+                    yield from subschemas(sub, f"{path}/{key}/{name}")
+            elif key in ("items", "not", "additionalProperties") and isinstance(value, dict):
+                yield from subschemas(value, f"{path}/{key}")
+            elif key in ("oneOf", "anyOf", "allOf"):
+                for i, sub in enumerate(value):
+                    yield from subschemas(sub, f"{path}/{key}/{i}")
+
+
+def test_schema_is_a_valid_2020_12_schema(schema: dict[str, Any]) -> None:
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] and schema["title"] and schema["description"]
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_every_object_forbids_unknown_fields(schema: dict[str, Any]) -> None:
+    objects = [(p, s) for p, s in subschemas(schema) if s.get("type") == "object" or "properties" in s]
+    assert len(objects) >= 8
+    for path, sub in objects:
+        assert sub.get("additionalProperties") is False, path
+
+
+def test_every_field_and_definition_has_a_description(schema: dict[str, Any]) -> None:
+    count = 0
+    for path, sub in subschemas(schema):
+        for name, prop in sub.get("properties", {}).items():
+            assert isinstance(prop.get("description"), str) and len(prop["description"]) > 10, f"{path}/{name}"
+            count += 1
+        for name, definition in sub.get("$defs", {}).items():
+            assert definition.get("description"), f"{path}/$defs/{name}"
+            assert definition.get("title"), f"{path}/$defs/{name}"
+    assert count >= 30
+
+
+def test_packaged_schema_is_the_same_file(schema: dict[str, Any]) -> None:
+    link = ROOT / "nsproxy_appliance" / "tenants.schema.json"
+    assert link.is_symlink() and os.readlink(link) == "../schemas/tenants.schema.json"
+    assert manifest.json_schema() == schema
+
+
+def test_schema_fields_match_the_model(schema: dict[str, Any]) -> None:
+    limits = schema["$defs"]["limits"]["properties"]
+    assert set(limits) == set(Limits.field_names())
+    for f in dataclasses.fields(Limits):
+        expected = "number" if f.type in ("float", float) else "integer"
+        assert limits[f.name].get("type", schema["$defs"]["seconds"]["type"]) == expected, f.name
+    daemon = schema["$defs"]["daemon"]["properties"]
+    assert set(daemon) == {f.name for f in dataclasses.fields(DaemonSettings)}
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["examples/tenants.yaml", "examples/metadata-vip.yaml", "tests/unit/data/issue-example.yaml"],
+)
+def test_schema_accepts_the_examples(schema: dict[str, Any], path: str) -> None:
+    data = yaml.safe_load((ROOT / path).read_text())
+    jsonschema.Draft202012Validator(schema).validate(data)
+
+
+def test_modeline_of_the_issue_example_points_at_the_schema() -> None:
+    path = ROOT / "tests/unit/data/issue-example.yaml"
+    first = path.read_text().splitlines()[0]
+    match = re.fullmatch(r"# yaml-language-server: \$schema=(\S+)", first)
+    assert match and (path.parent / match.group(1)).resolve() == SCHEMA_FILE
+
+
+# The schema's patterns (what editors check) and fields.py (what nsproxy checks) must agree.
+PATTERN_SAMPLES = {
+    "tenant_name": (fields.tenant_name, ["a", "acme-1", "0", "a" * 63, "a" * 64, "-a", "a-", "A", "a_b", "", "é"]),
+    "tenant_id": (fields.tenant_id, ["x", "a b", " a", "a ", "a\tb", "a\r\nb", "~!", "é", "", "x" * 257]),
+    "netns_name": (fields.netns_name, ["a", "acme-prod", ".", "..", "...", "a/b", "a b", "a" * 64, "a" * 65, ""]),
+    "listen": (fields.listen, ["127.0.0.1:80", "[::1]:80", "[fd00::1]:65535"]),
+    "cidr": (fields.cidr, ["10.0.0.5/24", "fd00::1/128", "0.0.0.0/0"]),
+}
+
+
+@pytest.mark.parametrize("definition", sorted(PATTERN_SAMPLES))
+def test_schema_patterns_agree_with_the_field_parsers(schema: dict[str, Any], definition: str) -> None:
+    parser, samples = PATTERN_SAMPLES[definition]
+    validator = jsonschema.Draft202012Validator(schema["$defs"][definition])
+    for sample in samples:
+        try:
+            parser(sample)
+            accepted = True
+        except fields.FieldError:
+            accepted = False
+        assert validator.is_valid(sample) == accepted, (definition, sample)
