@@ -117,6 +117,19 @@ def socket_in(path: str | None, family: int, type_: int = socket.SOCK_STREAM) ->
         return socket.socket(family, type_)
 
 
+def socket_in_new_netns(family: int, type_: int, proto: int = 0) -> socket.socket:
+    """A socket inside a brand-new unnamed netns that lives exactly as long as the socket.
+
+    For probes that must leave nothing behind (e.g. "can this kernel make a dummy link?").
+    """
+    home = home_fd()
+    _check(_libc.unshare(CLONE_NEWNET), "cannot create a throwaway network namespace")
+    try:
+        return socket.socket(family, type_, proto)
+    finally:
+        _restore(home)
+
+
 def exists(name: str) -> bool:
     """Whether /run/netns/<name> is a live namespace (not a stale file left after a reboot).
 
@@ -174,10 +187,8 @@ def delete_named(name: str) -> None:
     path = named_path(name)
     if _libc.umount2(path.encode(), MNT_DETACH) != 0 and ctypes.get_errno() not in (errno.EINVAL, errno.ENOENT):
         _check(-1, f"cannot unmount network namespace {name}")
-    try:
+    with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 def pids_in(ident: NetnsIdentity) -> list[int]:
