@@ -19,7 +19,9 @@ DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 
 @dataclass
 class TenantCounters:
-    requests_by_class: dict[str, int] = field(default_factory=lambda: dict.fromkeys(("1xx", "2xx", "3xx", "4xx", "5xx"), 0))
+    requests_by_class: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("1xx", "2xx", "3xx", "4xx", "5xx"), 0)
+    )
     upstream_errors: dict[str, int] = field(default_factory=dict)  # reason ("refused", "timeout", ...) -> count
     active_connections: int = 0
     accepted_connections: int = 0
@@ -50,5 +52,6 @@ class TenantContext:
     access_log: AccessLog | None = None
     connections: set[Any] = field(default_factory=set)  # live client-side protocols
     pool: Any = None  # upstream.UpstreamPool, created by the data plane
+    dataplane: Any = None  # http.TenantPolicy: the data plane's cache derived from `tenant`
     state: str = "starting"  # "serving", "failed", "draining"
     last_error: str | None = None

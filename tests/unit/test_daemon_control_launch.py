@@ -1,0 +1,81 @@
+"""How daemon_control starts the daemon under systemd (command selection only; no systemd here)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from nsproxy_appliance import daemon_control
+from nsproxy_appliance.runtime_config import Paths
+
+
+class FakeSystemd:
+    """Stands in for systemctl/systemd-run: answers `systemctl show` and records the commands."""
+
+    def __init__(self, exec_start: str | None) -> None:
+        self.exec_start = exec_start
+        self.commands: list[list[str]] = []
+
+    def run(self, cmd, **kwargs):
+        self.commands.append(cmd)
+        if cmd[:2] == ["systemctl", "show"]:
+            if self.exec_start is None:
+                return subprocess.CompletedProcess(cmd, 0, "LoadState=not-found\nExecStart=\n", "")
+            return subprocess.CompletedProcess(cmd, 0, f"LoadState=loaded\nExecStart={self.exec_start}\n", "")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+
+@pytest.fixture
+def systemd(monkeypatch):
+    def make(exec_start: str | None) -> FakeSystemd:
+        fake = FakeSystemd(exec_start)
+        monkeypatch.setattr(daemon_control, "systemd_is_init", lambda: True)
+        monkeypatch.setattr(daemon_control.subprocess, "run", fake.run)
+        return fake
+
+    return make
+
+
+def test_installed_unit_for_its_config_is_started(systemd, tmp_path):
+    paths = Paths(state_dir=str(tmp_path / "s"), runtime_dir=str(tmp_path / "r"))
+    fake = systemd(f"{{ path=/opt/nsproxy/bin/nsproxyd ; argv[]=nsproxyd --config {paths.config} ; }}")
+    assert daemon_control._launch(paths) == (None, "nsproxyd")
+    assert fake.commands[-1] == ["systemctl", "start", "nsproxyd.service"]
+
+
+def test_without_installed_unit_a_transient_one_runs_the_same_python(systemd, tmp_path):
+    paths = Paths(state_dir=str(tmp_path / "s"), runtime_dir=str(tmp_path / "r"))
+    fake = systemd(None)
+    pid, unit = daemon_control._launch(paths)
+    assert pid is None
+    assert unit.startswith("nsproxyd-")  # not the default runtime dir: a name of its own
+    cmd = fake.commands[-1]
+    assert cmd[:3] == ["systemd-run", "--unit", unit]
+    assert "--collect" in cmd
+    tail = cmd[cmd.index(daemon_control.sys.executable) :]
+    assert tail == daemon_control._daemon_argv(paths)
+    assert ["--config", paths.config] == tail[3:5] and tail[5:] == ["--pidfile", paths.pidfile]
+
+
+def test_installed_unit_for_another_config_is_not_used(systemd, tmp_path):
+    paths = Paths(state_dir=str(tmp_path / "s"), runtime_dir=str(tmp_path / "r"))
+    fake = systemd("{ argv[]=nsproxyd --config /run/nsproxy/config.json ; }")
+    _, unit = daemon_control._launch(paths)
+    assert unit != "nsproxyd"
+    assert fake.commands[-1][0] == "systemd-run"
+
+
+def test_failing_systemd_command_is_a_daemon_error(systemd, tmp_path, monkeypatch):
+    paths = Paths(state_dir=str(tmp_path / "s"), runtime_dir=str(tmp_path / "r"))
+    fake = systemd(None)
+    real_run = fake.run
+
+    def run(cmd, **kwargs):
+        if cmd[0] == "systemd-run":
+            return subprocess.CompletedProcess(cmd, 1, "", "Unit nsproxyd-x.service already exists.")
+        return real_run(cmd, **kwargs)
+
+    monkeypatch.setattr(daemon_control.subprocess, "run", run)
+    with pytest.raises(daemon_control.DaemonError, match="already exists"):
+        daemon_control._launch(paths)
