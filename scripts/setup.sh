@@ -10,6 +10,8 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev gcc  # the virtualenv and wheels that compile
   wrk haproxy nginx-light               # benchmarks: load generator, reference proxy, upstream
   qemu-system-x86 linux-image-amd64     # kernel stage: a real Debian kernel with dummy links
+  busybox-static                        # kernel stage: virtme-ng's initramfs needs a static busybox
+  python3-apt systemd                   # Ansible tests: the apt module; systemd-analyze verify
 )
 
 missing=()

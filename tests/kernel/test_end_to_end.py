@@ -1,0 +1,80 @@
+"""End to end: nsproxy-apply launches nsproxyd, which answers on the example's VIPs inside the
+tenant netns and forwards to the echo upstream in the host namespace with the tenant header."""
+
+from __future__ import annotations
+
+import json
+import selectors
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+from kernel_support import REPO, Nsproxy, VipTenant
+
+pytestmark = pytest.mark.kernel
+
+STARTUP_TIMEOUT = 120.0  # a Python start in the stage's software-emulated VM takes seconds
+
+
+@pytest.fixture
+def echo_upstream() -> Iterator[str]:
+    """examples/echo_upstream.py on 127.0.0.1, a free port, in the host namespace; yields its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "examples" / "echo_upstream.py"), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout=STARTUP_TIMEOUT):
+                raise AssertionError(f"echo upstream printed nothing within {STARTUP_TIMEOUT:.0f} s")
+        line = proc.stdout.readline().strip()  # "echo upstream listening on http://127.0.0.1:PORT"
+        assert line.startswith("echo upstream listening on http://127.0.0.1:"), line
+        yield line.rsplit(" ", 1)[1]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def curl_in(netns_name: str, url: str, *args: str) -> dict:
+    out = subprocess.run(
+        ["ip", "netns", "exec", netns_name, "curl", "-sS", "--noproxy", "*", "--max-time", "60", *args, url],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert out.returncode == 0, f"curl {url} in netns {netns_name}: exit {out.returncode}: {out.stderr.strip()}"
+    return json.loads(out.stdout)
+
+
+def header_values(echoed: dict, name: str) -> list[str]:
+    return [value for key, value in echoed["headers"] if key.lower() == name.lower()]
+
+
+def test_daemon_serves_both_vips_and_the_upstream_learns_the_tenant(
+    vip_tenant: VipTenant, nsproxy: Nsproxy, echo_upstream: str
+) -> None:
+    header = vip_tenant.example.get("defaults", {}).get("tenant_header", "X-Tenant-ID")
+    listen = vip_tenant.example_tenant["listen"]
+    assert "169.254.169.254:80" in listen and any(x.startswith("[") for x in listen), listen
+    manifest = vip_tenant.manifest(upstream=echo_upstream)
+
+    result = nsproxy.apply_ok(manifest, daemon=True)
+    assert result["daemon"]["action"] == "launched", result["daemon"]
+
+    for host in [x.rsplit(":", 1)[0] for x in listen]:  # "169.254.169.254", "[fd00:a9fe::254]"
+        try:
+            # A client-sent tenant header must not survive: the upstream sees only the real one.
+            echoed = curl_in(vip_tenant.name, f"http://{host}/latest/meta-data", "-H", f"{header}: spoofed")
+        except AssertionError as e:
+            raise AssertionError(f"{e}\ndaemon log:\n{nsproxy.daemon_log()}") from None
+        assert echoed["path"] == "/latest/meta-data"
+        assert header_values(echoed, header) == [vip_tenant.name], echoed["headers"]
