@@ -24,7 +24,6 @@ from .netns import named_path
 from .plan import DAEMON_TENANT, Action, Plan, PlanOptions, add_diff, make_plan
 
 LOOPBACK_IFINDEX = 1  # the kernel gives lo ifindex 1 in every namespace (include/net/flow.h)
-DAEMON_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,7 @@ class RunOptions:
     plan: PlanOptions
     check: bool = False
     lock_timeout: float = 30.0
+    daemon_timeout: float = 30.0  # how long the daemon may take to serve the new config
     diff: bool = False  # compute before/after per tenant
 
 
@@ -87,7 +87,7 @@ def run(manifest: Manifest, options: RunOptions) -> RunResult:
                 result = RunResult(plan, check=True)
                 result.daemon_action = _check_daemon_action(plan, options.plan)
                 return result
-            return Executor(plan, owned, kernel, observed, options.plan).run()
+            return Executor(plan, owned, kernel, observed, options.plan, options.daemon_timeout).run()
 
 
 def _check_daemon_action(plan: Plan, options: PlanOptions) -> str:
@@ -160,8 +160,11 @@ def daemon_view(options: PlanOptions) -> DaemonView:
 
 
 class Executor:
-    def __init__(self, plan: Plan, owned: Ledger, kernel: Kernel, observed: Observed, options: PlanOptions):
+    def __init__(
+        self, plan: Plan, owned: Ledger, kernel: Kernel, observed: Observed, options: PlanOptions, daemon_timeout: float
+    ):
         self.plan = plan
+        self.daemon_timeout = daemon_timeout
         self.ledger = owned
         self.kernel = kernel
         self.observed = observed
@@ -281,7 +284,9 @@ class Executor:
             result.daemon_action = "skipped"
         elif action is not None or result.config_written or self.observed.daemon.running is None:
             try:
-                result.daemon_action = daemon_control.ensure_daemon(paths, config["generation"], timeout=DAEMON_TIMEOUT)
+                result.daemon_action = daemon_control.ensure_daemon(
+                    paths, config["generation"], timeout=self.daemon_timeout
+                )
             except DaemonError as e:
                 return self._handoff_failed(action, f"daemon: {e}")
         if action is None and (result.config_written or result.daemon_action in ("launched", "reloaded")):

@@ -72,6 +72,13 @@ def _add_apply_options(p: argparse.ArgumentParser, *, with_check: bool) -> None:
     p.add_argument(
         "--lock-timeout", type=float, default=30.0, metavar="SEC", help="wait this long for another apply (30)"
     )
+    p.add_argument(
+        "--daemon-timeout",
+        type=float,
+        default=30.0,
+        metavar="SEC",
+        help="wait this long for the daemon to serve the new config (30; a reload also allows the drain timeout)",
+    )
     if with_check:
         p.add_argument("--validate-only", action="store_true", help="only validate the manifest (no root, no kernel)")
 
@@ -192,6 +199,7 @@ def _run(m: Any, args: argparse.Namespace, check: bool) -> Any:
         ),
         check=check,
         lock_timeout=args.lock_timeout,
+        daemon_timeout=args.daemon_timeout,
         diff=args.diff,
     )
     try:

@@ -87,21 +87,16 @@ class Nsproxy:
 
 
 def _apply_in_process(argv: list[str]) -> CliRun:
-    from nsproxy_appliance import apply, cli
+    from nsproxy_appliance import cli
 
+    # The emulated CPU makes the daemon's start slow: allow it more than the default 30 s.
+    argv = [*argv, "--daemon-timeout", str(VM_DAEMON_TIMEOUT)]
     out, err = io.StringIO(), io.StringIO()
-    saved = getattr(apply, "DAEMON_TIMEOUT", None)
-    if saved is not None:
-        apply.DAEMON_TIMEOUT = max(saved, VM_DAEMON_TIMEOUT)
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = cli.apply_main(argv[1:])
-            except SystemExit as e:  # argparse
-                code = e.code if isinstance(e.code, int) else 1
-    finally:
-        if saved is not None:
-            apply.DAEMON_TIMEOUT = saved
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = cli.apply_main(argv[1:])
+        except SystemExit as e:  # argparse
+            code = e.code if isinstance(e.code, int) else 1
     return CliRun([f"{argv[0]} (in process)", *argv[1:]], code, out.getvalue(), err.getvalue())
 
 
