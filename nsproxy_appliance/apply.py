@@ -161,7 +161,13 @@ def daemon_view(options: PlanOptions) -> DaemonView:
 
 class Executor:
     def __init__(
-        self, plan: Plan, owned: Ledger, kernel: Kernel, observed: Observed, options: PlanOptions, daemon_timeout: float
+        self,
+        plan: Plan,
+        owned: Ledger,
+        kernel: Kernel,
+        observed: Observed,
+        options: PlanOptions,
+        daemon_timeout: float = 30.0,
     ):
         self.plan = plan
         self.daemon_timeout = daemon_timeout
