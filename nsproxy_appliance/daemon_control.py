@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from . import procinfo
 from .runtime_config import Paths
 
 DaemonAction = Literal["launched", "reloaded", "unchanged"]
@@ -32,7 +33,6 @@ UNIT = "nsproxyd"
 STATUS_TIMEOUT = 2.0  # seconds for one admin request in status()
 POLL_INTERVAL = 0.02
 LOG_TAIL_LINES = 15
-CMDLINE_ATTEMPTS = 10
 UNIT_CHECK_EVERY = 25  # polls between `systemctl is-failed` checks while waiting
 _DEFAULT_RUNTIME_DIR = Paths().runtime_dir
 
@@ -130,22 +130,8 @@ def _describe_exit(pid: int) -> str:
 def is_nsproxyd(pid: int) -> bool:
     """Whether `pid` is a live (not zombie) nsproxyd process."""
     _reap(pid)
-    for attempt in range(CMDLINE_ATTEMPTS):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                args = f.read().split(b"\0")
-        except (OSError, IndexError):
-            return False
-        if state in (b"Z", b"X"):
-            return False
-        if args != [b""]:
-            return any(a.endswith(b"nsproxyd") or a == b"nsproxy_appliance.daemon.main" for a in args[:4])
-        # An empty cmdline on a live process is transient (the kernel could not read its memory
-        # just then, e.g. while it maps memory under load): read again.
-        time.sleep(0.005 * (attempt + 1))
-    return pid in _children
+    alive = procinfo.nsproxyd_alive(pid)
+    return pid in _children if alive is None else alive  # unreadable: trust it only if we started it
 
 
 def status(paths: Paths) -> DaemonStatus:

@@ -18,11 +18,11 @@ import errno
 import fcntl
 import json
 import os
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
+from . import atomicfile
 from .netns import NetnsIdentity, named_path
 
 FORMAT_VERSION = 1
@@ -178,25 +178,7 @@ def _render(data: dict) -> str:
 
 def save(ledger: Ledger, path: str) -> None:
     """Atomically replace the ledger file (tmp + fsync + rename + directory fsync)."""
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    text = _render(ledger.to_json())
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".ledger.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomicfile.write_text(path, _render(ledger.to_json()), sync_directory=True)
 
 
 def _holder(fd: int) -> str:

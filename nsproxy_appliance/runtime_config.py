@@ -11,10 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any
 
+from . import atomicfile
 from .model import DaemonSettings, Limits, Listen, Manifest, NetnsRef, Tenant, Upstream
 
 FORMAT_VERSION = 1
@@ -98,18 +98,8 @@ def write(config: dict[str, Any], path: str) -> bool:
                 return False
     except FileNotFoundError:
         pass
-    directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".config.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    # The runtime dir is tmpfs (/run) by default: the rename need not survive a power cut.
+    atomicfile.write_text(path, text, sync_directory=False)
     return True
 
 

@@ -326,8 +326,7 @@ def _main() -> None:  # pragma: no cover - runs in a child process
 
 
 # --------------------------------------------------------------------------------------------
-# pytest fixtures: a test module imports them by these names (`from proxy_harness import
-# proxy_fixture, upstream_fixture` with noqa F401) and asks for `proxy` / `upstream`.
+# pytest fixtures `proxy` and `upstream`, registered for tests/integration by its conftest.py.
 
 if __name__ != "__main__":  # the script mode (memory measurements) keeps pytest out of the process
     import pytest

@@ -30,6 +30,7 @@ from .headers import (
     rewrite_request,
     rewrite_response,
 )
+from .lazytimer import LazyTimer
 from .upstream import UpstreamConnection, UpstreamPool, pool_for
 
 # Connection phases, for the one lazy timer each connection has.
@@ -119,7 +120,7 @@ class _Request:
         self.retried = False
 
 
-class ProxyProtocol(asyncio.Protocol):
+class ProxyProtocol(LazyTimer, asyncio.Protocol):
     """One client connection of one tenant."""
 
     def __init__(self, ctx: TenantContext) -> None:
@@ -666,16 +667,6 @@ class ProxyProtocol(asyncio.Protocol):
             self.transport.close()
 
     # -- timers ---------------------------------------------------------------------------
-    def _arm(self, at: float) -> None:
-        timer = self._timer
-        if timer is None:
-            self._timer = self.loop.call_at(at, self._on_timer)
-            self._timer_at = at
-        elif at < self._timer_at:
-            timer.cancel()
-            self._timer = self.loop.call_at(at, self._on_timer)
-            self._timer_at = at
-
     def _on_timer(self) -> None:
         self._timer = None
         if self._closing:

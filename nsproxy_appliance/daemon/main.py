@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .. import netns, runtime_config
+from .. import netns, procinfo, runtime_config
 from ..runtime_config import RuntimeConfig
 from . import listeners
 from .context import TenantContext
@@ -335,23 +335,6 @@ def _tenant_report(ctx: TenantContext, lst: listeners.TenantListeners | None) ->
 # ---- process -----------------------------------------------------------------------------------
 
 
-def _pid_is_nsproxyd(pid: int) -> bool:
-    for attempt in range(10):
-        try:
-            with open(f"/proc/{pid}/stat", "rb") as f:
-                state = f.read().rsplit(b")", 1)[1].split()[0]
-            with open(f"/proc/{pid}/cmdline", "rb") as f:
-                cmd = f.read().split(b"\0")
-        except (OSError, IndexError):
-            return False
-        if state in (b"Z", b"X"):
-            return False
-        if cmd != [b""]:  # empty is transient on a live process (see daemon_control.is_nsproxyd)
-            return any(a.endswith(b"nsproxyd") or a == b"nsproxy_appliance.daemon.main" for a in cmd[:4])
-        time.sleep(0.005 * (attempt + 1))
-    return True  # alive and unreadable: assume the pidfile is right rather than start a second one
-
-
 def write_pidfile(path: str) -> None:
     """Write our pid; refuse when the file names another live nsproxyd."""
     try:
@@ -359,7 +342,8 @@ def write_pidfile(path: str) -> None:
             other = int(f.read().strip() or 0)
     except (FileNotFoundError, ValueError):
         other = 0
-    if other and other != os.getpid() and _pid_is_nsproxyd(other):
+    if other and other != os.getpid() and procinfo.nsproxyd_alive(other) is not False:
+        # an unreadable live process counts: better to refuse than to start a second daemon
         raise ConfigError(f"nsproxyd is already running (pid {other}, pidfile {path})")
     os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"

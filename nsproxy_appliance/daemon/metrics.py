@@ -11,6 +11,22 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATES = ("starting", "serving", "failed", "draining")
 
 
+# Families with one sample per tenant, read straight from a TenantCounters field:
+# (metric, type, help, field).
+_ONE_SAMPLE_PER_TENANT = (
+    ("nsproxy_active_connections", "gauge", "Open client connections.", "active_connections"),
+    ("nsproxy_connections_accepted_total", "counter", "Client connections accepted.", "accepted_connections"),
+    (
+        "nsproxy_connections_rejected_total",
+        "counter",
+        "Client connections refused at the tenant's limit.",
+        "rejected_connections",
+    ),
+    ("nsproxy_received_bytes_total", "counter", "Bytes received from clients.", "bytes_in"),
+    ("nsproxy_sent_bytes_total", "counter", "Bytes sent to clients.", "bytes_out"),
+)
+
+
 def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
@@ -64,22 +80,10 @@ def render(contexts: Iterable[TenantContext], daemon: dict[str, Any]) -> bytes:
     for ctx, lab in labels:
         for reason, count in sorted(ctx.counters.upstream_errors.items()):
             out.append(f'nsproxy_upstream_errors_total{{{lab},reason="{_label(reason)}"}} {count}')
-    family("nsproxy_active_connections", "gauge", "Open client connections.")
-    for ctx, lab in labels:
-        out.append(f"nsproxy_active_connections{{{lab}}} {ctx.counters.active_connections}")
-    family("nsproxy_connections_accepted_total", "counter", "Client connections accepted.")
-    for ctx, lab in labels:
-        out.append(f"nsproxy_connections_accepted_total{{{lab}}} {ctx.counters.accepted_connections}")
-    family("nsproxy_connections_rejected_total", "counter", "Client connections refused at the tenant's limit.")
-    for ctx, lab in labels:
-        out.append(f"nsproxy_connections_rejected_total{{{lab}}} {ctx.counters.rejected_connections}")
-    family("nsproxy_received_bytes_total", "counter", "Bytes received from clients.")
-    for ctx, lab in labels:
-        out.append(f"nsproxy_received_bytes_total{{{lab}}} {ctx.counters.bytes_in}")
-    family("nsproxy_sent_bytes_total", "counter", "Bytes sent to clients.")
-    for ctx, lab in labels:
-        out.append(f"nsproxy_sent_bytes_total{{{lab}}} {ctx.counters.bytes_out}")
-
+    for name, kind, help_, counter in _ONE_SAMPLE_PER_TENANT:
+        family(name, kind, help_)
+        for ctx, lab in labels:
+            out.append(f"{name}{{{lab}}} {getattr(ctx.counters, counter)}")
     family("nsproxy_request_duration_seconds", "histogram", "Time from request head to the end of the response.")
     for ctx, lab in labels:
         c = ctx.counters

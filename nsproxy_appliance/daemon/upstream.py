@@ -24,12 +24,13 @@ import httptools
 from .. import netns
 from ..model import Tenant, Upstream
 from .flow_control import HIGH_WATER, LOW_WATER, PEER_BACKPRESSURE, ReadGate
+from .lazytimer import LazyTimer
 
 MAX_IDLE_PER_POOL = 128  # idle keep-alive connections kept per tenant
 POOL_IDLE_TIMEOUT = 30.0  # seconds an idle pooled connection is kept (below common upstream keepalive)
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(LazyTimer, asyncio.Protocol):
     """One connection to the upstream; serves one request at a time for one sink."""
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -194,16 +195,6 @@ class UpstreamConnection(asyncio.Protocol):
             sink.upstream_failed(self, reason)
 
     # -- timers (one lazy timer: read timeout while busy, idle expiry while pooled) --------
-    def _arm(self, at: float) -> None:
-        timer = self._timer
-        if timer is None:
-            self._timer = self.loop.call_at(at, self._on_timer)
-            self._timer_at = at
-        elif at < self._timer_at:
-            timer.cancel()
-            self._timer = self.loop.call_at(at, self._on_timer)
-            self._timer_at = at
-
     def _on_timer(self) -> None:
         self._timer = None
         if self.closed:

@@ -20,6 +20,7 @@ import functools
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from types import ModuleType
 from typing import Any
 
@@ -52,6 +53,11 @@ class RtnlError(OSError):
 
 def error(code: int, what: str, reason: str | None = None) -> RtnlError:
     return RtnlError(code, f"{what}: {reason or os.strerror(code)} ({errno.errorcode.get(code, code)})")
+
+
+def _error_code(data: bytes, offset: int) -> int:
+    """The errno of an NLMSG_ERROR message at `offset` (0: the ack of a success)."""
+    return -struct.unpack_from("=i", data, offset + nlparse.NLMSG_HDR.size)[0]
 
 
 def _changes() -> ModuleType:
@@ -115,6 +121,29 @@ class Channel:
         )
         self.send(header + body)
         replies: list[tuple[bytes, int, int]] = []
+        for data, offset, length, kind in self._replies(seq):
+            if kind == NLMSG_DONE:
+                return replies
+            if kind == NLMSG_ERROR:
+                raise error(_error_code(data, offset), f"cannot dump from {self.label}")
+            replies.append((data, offset, length))
+        raise AssertionError("unreachable: _replies never ends")
+
+    def _acked(self, msg_type: int, body: bytes, what: str) -> None:
+        """Send a request that changes something and wait for the kernel's ack (or error)."""
+        seq = self.next_seq()
+        length = nlparse.NLMSG_HDR.size + len(body)
+        self.send(nlparse.NLMSG_HDR.pack(length, msg_type, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body)
+        for data, offset, _length, kind in self._replies(seq):
+            if kind == NLMSG_ERROR:
+                code = _error_code(data, offset)
+                if code:
+                    raise error(code, f"{what} in {self.label}")
+                return
+
+    def _replies(self, seq: int) -> Iterator[tuple[bytes, int, int, int]]:
+        """The kernel's messages answering request `seq`, as (buffer, offset, length, type), read
+        from the socket for as long as the caller keeps asking; others' messages are skipped."""
         while True:
             data = self.recv()
             offset = 0
@@ -123,31 +152,7 @@ class Channel:
                 if length < nlparse.NLMSG_HDR.size:
                     break
                 if reply_seq == seq:
-                    if kind == NLMSG_DONE:
-                        return replies
-                    if kind == NLMSG_ERROR:
-                        code = -struct.unpack_from("=i", data, offset + nlparse.NLMSG_HDR.size)[0]
-                        raise error(code, f"cannot dump from {self.label}")
-                    replies.append((data, offset, length))
-                offset += (length + 3) & ~3
-
-    def _acked(self, msg_type: int, body: bytes, what: str) -> None:
-        """Send a request that changes something and wait for the kernel's ack (or error)."""
-        seq = self.next_seq()
-        length = nlparse.NLMSG_HDR.size + len(body)
-        self.send(nlparse.NLMSG_HDR.pack(length, msg_type, NLM_F_REQUEST | NLM_F_ACK, seq, 0) + body)
-        while True:
-            data = self.recv()
-            offset = 0
-            while offset + nlparse.NLMSG_HDR.size <= len(data):
-                length, kind, _flags, reply_seq, _pid = nlparse.NLMSG_HDR.unpack_from(data, offset)
-                if length < nlparse.NLMSG_HDR.size:
-                    break
-                if reply_seq == seq and kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", data, offset + nlparse.NLMSG_HDR.size)[0]
-                    if code:
-                        raise error(code, f"{what} in {self.label}")
-                    return
+                    yield data, offset, length, kind
                 offset += (length + 3) & ~3
 
     def links(self) -> tuple[bool, dict[str, LinkState]]:

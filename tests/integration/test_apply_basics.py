@@ -1,5 +1,4 @@
 """nsproxy-apply on the host kernel: cold apply, idempotence, --check, --diff, bad manifests."""
-# ruff: noqa: F401, F811  (pytest fixtures imported from apply_harness, used as arguments)
 
 from __future__ import annotations
 
@@ -9,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from apply_harness import APPLY, NSPROXY, cli, lo_is_up
+from apply_harness import APPLY, NSPROXY, lo_is_up
 
 from nsproxy_appliance import netns
 

@@ -1,6 +1,5 @@
 """The hand-off to the daemon, end to end through the CLI (no --no-daemon): launch, serve,
 nothing on a no-op, reload, drain removed tenants before their namespace is pruned."""
-# ruff: noqa: F401, F811  (pytest fixtures imported from the harnesses, used as arguments)
 
 from __future__ import annotations
 
@@ -8,8 +7,8 @@ import json
 import subprocess
 
 import pytest
-from apply_harness import APPLY, cli
-from daemon_harness import echo, echoed_headers, get_in, refused_in
+from apply_harness import APPLY
+from daemon_harness import echoed_headers, get_in
 
 from nsproxy_appliance import daemon_control, netns
 

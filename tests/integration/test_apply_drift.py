@@ -1,13 +1,12 @@
 """Drift repair and reboots: state changed behind nsproxy's back is shown by --check and converged."""
-# ruff: noqa: F401, F811  (pytest fixtures imported from apply_harness, used as arguments)
 
 from __future__ import annotations
 
 import pytest
-from apply_harness import cli, lo_is_up, set_lo_down
+from apply_harness import lo_is_up, set_lo_down
 
 from nsproxy_appliance import ledger, netns
-from nsproxy_appliance.apply import Executor, observe
+from nsproxy_appliance.apply import Executor, RunOptions, observe
 from nsproxy_appliance.kernel.session import Kernel
 from nsproxy_appliance.model import Listen, Manifest, NetnsRef, Tenant, Upstream
 from nsproxy_appliance.plan import PlanOptions, make_plan
@@ -79,7 +78,9 @@ def test_verify_reports_desired_state_that_does_not_hold(unique, paths, netns_cl
     owned = ledger.Ledger()
     with Kernel() as kernel:
         observed = observe(manifest, owned, kernel, options)
-        executor = Executor(make_plan(manifest, observed, owned, options), owned, kernel, observed, options)
+        executor = Executor(
+            make_plan(manifest, observed, owned, options), owned, kernel, observed, options, RunOptions.daemon_timeout
+        )
         result = executor.run()
         assert result.verify_errors == [] and result.exit_code == 0
         set_lo_down(name)  # undone right after apply

@@ -1,5 +1,4 @@
 """Failure isolation: one tenant's problem never stops the others; the next apply converges."""
-# ruff: noqa: F401, F811  (pytest fixtures imported from apply_harness, used as arguments)
 
 from __future__ import annotations
 
@@ -7,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-from apply_harness import cli, lo_is_up
+from apply_harness import lo_is_up
 
 from nsproxy_appliance import ledger, netns
-from nsproxy_appliance.apply import Executor, observe
+from nsproxy_appliance.apply import Executor, RunOptions, observe
 from nsproxy_appliance.kernel.session import Kernel
 from nsproxy_appliance.model import Listen, Manifest, NetnsRef, Tenant, Upstream
 from nsproxy_appliance.plan import PlanOptions, make_plan
@@ -72,7 +71,7 @@ def test_action_failing_at_apply_time_skips_its_tenant_and_the_ledger_stays_true
         observed = observe(manifest, owned, kernel, options)
         plan = make_plan(manifest, observed, owned, options)
         make_netns(racy)  # someone else wins the race
-        result = Executor(plan, owned, kernel, observed, options).run()
+        result = Executor(plan, owned, kernel, observed, options, RunOptions.daemon_timeout).run()
     by_target = {(a.op, a.target): a for a in plan.actions}
     create = by_target[("create_netns", racy)]
     assert create.status == "failed" and "already exists" in create.error
@@ -87,6 +86,8 @@ def test_action_failing_at_apply_time_skips_its_tenant_and_the_ledger_stays_true
     netns.delete_named(racy)
     with Kernel() as kernel:
         observed = observe(manifest, saved, kernel, options)
-        again = Executor(make_plan(manifest, observed, saved, options), saved, kernel, observed, options).run()
+        again = Executor(
+            make_plan(manifest, observed, saved, options), saved, kernel, observed, options, RunOptions.daemon_timeout
+        ).run()
     assert again.exit_code == 0 and netns.exists(racy) and lo_is_up(racy)
     assert [(a.op, a.status) for a in again.plan.actions][:2] == [("create_netns", "done"), ("set_lo_up", "done")]

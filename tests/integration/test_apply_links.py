@@ -5,7 +5,6 @@ netlink requests, only IFLA_INFO_KIND differs); the VM stage runs dummy links en
 applier is driven in-process (observe, plan, execute) because the manifest schema only accepts
 kind: dummy.
 """
-# ruff: noqa: F401, F811  (pytest fixtures imported from apply_harness, used as arguments)
 
 from __future__ import annotations
 
@@ -13,14 +12,14 @@ import os
 import socket
 
 import pytest
-from apply_harness import cli
 from pyroute2 import IPRoute
 
 from nsproxy_appliance import ledger, netns
-from nsproxy_appliance.apply import Executor, RunResult, observe
+from nsproxy_appliance.apply import RunOptions, RunResult
+from nsproxy_appliance.apply import run as apply_run
 from nsproxy_appliance.kernel.session import Kernel
 from nsproxy_appliance.model import Link, Listen, Manifest, NetnsRef, Tenant, Upstream
-from nsproxy_appliance.plan import PlanOptions, make_plan
+from nsproxy_appliance.plan import PlanOptions
 
 pytestmark = pytest.mark.root
 
@@ -42,15 +41,7 @@ def tenant(name: str, links: tuple[Link, ...], ref: NetnsRef | None = None) -> T
 
 
 def apply(manifest: Manifest, paths, check: bool = False) -> RunResult:
-    options = PlanOptions(paths=paths, no_daemon=True)
-    with ledger.locked(paths.lock, 5):
-        owned = ledger.load(paths.ledger)
-        with Kernel() as kernel:
-            observed = observe(manifest, owned, kernel, options)
-            plan = make_plan(manifest, observed, owned, options)
-            if check:
-                return RunResult(plan, check=True)
-            return Executor(plan, owned, kernel, observed, options).run()
+    return apply_run(manifest, RunOptions(plan=PlanOptions(paths=paths, no_daemon=True), check=check, lock_timeout=5))
 
 
 def ipr_in(name: str) -> IPRoute:

@@ -1,5 +1,4 @@
 """Two applies cannot interleave: the second waits for the lock, then fails clearly."""
-# ruff: noqa: F401, F811  (pytest fixtures imported from apply_harness, used as arguments)
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import subprocess
 import threading
 
 import pytest
-from apply_harness import APPLY, cli
+from apply_harness import APPLY
 
 from nsproxy_appliance import ledger, netns
 

@@ -1,5 +1,4 @@
 """Pruning and ownership: only what nsproxy created is ever deleted; foreign objects are conflicts."""
-# ruff: noqa: F401, F811  (pytest fixtures imported from apply_harness, used as arguments)
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ import subprocess
 import time
 
 import pytest
-from apply_harness import cli, lo_is_up
 
 from nsproxy_appliance import netns
 

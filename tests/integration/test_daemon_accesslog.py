@@ -1,5 +1,4 @@
 """The access log: one JSON line per request, to a file or stdout, or off."""
-# ruff: noqa: F401, F811  (pytest fixtures imported from daemon_harness, used as arguments)
 
 from __future__ import annotations
 
@@ -8,7 +7,7 @@ import os
 import signal
 
 import pytest
-from daemon_harness import daemon_launcher, echo, get_in, log_text, tenant, wait_until, write_config
+from daemon_harness import get_in, log_text, tenant, wait_until, write_config
 
 from nsproxy_appliance import daemon_control
 

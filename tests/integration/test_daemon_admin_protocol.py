@@ -1,5 +1,4 @@
 """The admin API's HTTP handling on the unix socket: keep-alive, methods, malformed and large input."""
-# ruff: noqa: F401, F811  (pytest fixtures imported from daemon_harness, used as arguments)
 
 from __future__ import annotations
 
@@ -7,7 +6,7 @@ import json
 import socket
 
 import pytest
-from daemon_harness import daemon_launcher, echo, tenant, write_config
+from daemon_harness import tenant, write_config
 
 from nsproxy_appliance import daemon_control
 

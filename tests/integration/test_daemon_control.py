@@ -1,5 +1,4 @@
 """daemon_control: status(), ensure_daemon() launched/reloaded/unchanged and its waits, stop()."""
-# ruff: noqa: F401, F811  (pytest fixtures imported from daemon_harness, used as arguments)
 
 from __future__ import annotations
 
@@ -10,16 +9,7 @@ import sys
 import threading
 
 import pytest
-from daemon_harness import (
-    admin,
-    daemon_launcher,
-    echo,
-    get_in,
-    refused_in,
-    tenant,
-    wait_until,
-    write_config,
-)
+from daemon_harness import admin, get_in, refused_in, tenant, write_config
 
 from nsproxy_appliance import daemon_control, netns
 from nsproxy_appliance.runtime_config import Paths

@@ -1,21 +1,11 @@
 """Failure isolation: a vanished namespace or a listener that cannot bind fails only its tenant."""
-# ruff: noqa: F401, F811  (pytest fixtures imported from daemon_harness, used as arguments)
 
 from __future__ import annotations
 
 import socket
 
 import pytest
-from daemon_harness import (
-    admin,
-    daemon_launcher,
-    echo,
-    get_in,
-    refused_in,
-    tenant,
-    tenants_by_name,
-    write_config,
-)
+from daemon_harness import admin, get_in, refused_in, tenant, tenants_by_name, write_config
 
 from nsproxy_appliance import daemon_control, netns
 

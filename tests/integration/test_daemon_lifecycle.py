@@ -1,5 +1,4 @@
 """nsproxyd start-up, listeners inside the tenant netns, the admin API, SIGTERM and start-up errors."""
-# ruff: noqa: F401, F811  (pytest fixtures imported from daemon_harness, used as arguments)
 
 from __future__ import annotations
 
@@ -13,12 +12,10 @@ import sys
 import threading
 
 import pytest
-from daemon_harness import (  # fixtures are imported by name
+from daemon_harness import (
     admin,
     curl_in,
     daemon_argv,
-    daemon_launcher,
-    echo,
     echoed_headers,
     get_in,
     log_text,

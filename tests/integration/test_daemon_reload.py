@@ -1,5 +1,4 @@
 """Reload (POST /reload, SIGHUP, ensure_daemon): tenant diffs, re-binding, no loss under load."""
-# ruff: noqa: F401, F811  (pytest fixtures imported from daemon_harness, used as arguments)
 
 from __future__ import annotations
 
@@ -13,9 +12,6 @@ import pytest
 from daemon_harness import (
     KeepAliveClient,
     admin,
-    daemon_launcher,
-    echo,
-    echo2,
     echoed_headers,
     get_in,
     read_response,

@@ -6,7 +6,7 @@ import asyncio
 import socket
 import time
 
-from proxy_harness import make_tenant, proxy_fixture, read_head, serve_raw  # noqa: F401
+from proxy_harness import make_tenant, read_head, serve_raw
 
 TOTAL = 64 * 1024 * 1024
 BOUND = 16 * 1024 * 1024  # kernel socket buffers on both hops plus the proxy's high-water marks

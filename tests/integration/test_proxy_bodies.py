@@ -9,16 +9,7 @@ import socket
 import subprocess
 
 import aiohttp
-from proxy_harness import (  # noqa: F401
-    curl,
-    make_tenant,
-    proxy_fixture,
-    raw_request,
-    read_head,
-    serve_raw,
-    split_responses,
-    upstream_fixture,
-)
+from proxy_harness import make_tenant, raw_request, read_head, serve_raw, split_responses
 
 
 def test_chunked_request_body_is_streamed_and_rechunked(proxy, upstream):

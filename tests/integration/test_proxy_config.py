@@ -6,7 +6,7 @@ import dataclasses
 import json
 import socket
 
-from proxy_harness import UpstreamApp, make_tenant, proxy_fixture, serve_upstream, split_responses  # noqa: F401
+from proxy_harness import UpstreamApp, make_tenant, serve_upstream, split_responses
 
 from nsproxy_appliance.model import Limits, Upstream
 

@@ -7,17 +7,7 @@ import socket
 import time
 
 import pytest
-from proxy_harness import (  # noqa: F401
-    curl,
-    listening_socket,
-    make_tenant,
-    proxy_fixture,
-    raw_request,
-    read_head,
-    serve_raw,
-    split_responses,
-    upstream_fixture,
-)
+from proxy_harness import curl, listening_socket, make_tenant, raw_request, read_head, serve_raw, split_responses
 
 from nsproxy_appliance.model import Limits
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from proxy_harness import curl, make_tenant, proxy_fixture, raw_request, split_responses, upstream_fixture  # noqa: F401
+from proxy_harness import curl, make_tenant, raw_request, split_responses
 
 
 def _seen_headers(body: bytes) -> list[tuple[str, str]]:

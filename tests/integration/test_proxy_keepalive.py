@@ -8,14 +8,7 @@ import socket
 import time
 
 import aiohttp
-from proxy_harness import (  # noqa: F401
-    curl,
-    make_tenant,
-    proxy_fixture,
-    raw_request,
-    split_responses,
-    upstream_fixture,
-)
+from proxy_harness import curl, make_tenant, raw_request, split_responses
 
 from nsproxy_appliance.model import Limits
 

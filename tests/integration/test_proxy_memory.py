@@ -13,7 +13,6 @@ import subprocess
 import sys
 
 import aiohttp
-from proxy_harness import proxy_fixture, upstream_fixture  # noqa: F401
 
 SIZE = 100 * 1024 * 1024
 LIMIT_KB = 60 * 1024  # far below the body size

@@ -7,15 +7,7 @@ import os
 import socket
 
 import pytest
-from proxy_harness import (  # noqa: F401
-    UpstreamApp,
-    curl,
-    listening_socket,
-    make_tenant,
-    proxy_fixture,
-    serve_upstream,
-    upstream_fixture,
-)
+from proxy_harness import UpstreamApp, curl, listening_socket, make_tenant, serve_upstream
 
 from nsproxy_appliance.model import Upstream
 

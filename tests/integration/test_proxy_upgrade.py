@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
-from proxy_harness import make_tenant, proxy_fixture, raw_request, upstream_fixture  # noqa: F401
+from proxy_harness import make_tenant, raw_request
 
 
 def test_websocket_echo_through_the_proxy(proxy, upstream):
