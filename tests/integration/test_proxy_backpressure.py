@@ -8,8 +8,20 @@ import time
 
 from proxy_harness import make_tenant, read_head, serve_raw
 
-TOTAL = 64 * 1024 * 1024
-BOUND = 16 * 1024 * 1024  # kernel socket buffers on both hops plus the proxy's high-water marks
+from nsproxy_appliance.model import Limits
+
+
+def _tcp_mem_max(name: str) -> int:
+    with open(f"/proc/sys/net/ipv4/{name}") as f:
+        return int(f.read().split()[2])
+
+
+# What may sit in buffers along client -> proxy -> upstream while one end reads nothing, without
+# the proxy reading ahead: each hop's kernel send and receive buffers (autotuned up to these
+# sysctls; 32 MiB receive on some kernels) plus the proxy's high-water marks and slack. A proxy
+# without back-pressure takes the whole body, so TOTAL is well above the bound.
+BOUND = 2 * (_tcp_mem_max("tcp_rmem") + _tcp_mem_max("tcp_wmem")) + 4 * 1024 * 1024
+TOTAL = 2 * BOUND
 
 
 def _settled(read_value, deadline_s: float = 20.0) -> int:
@@ -67,7 +79,8 @@ def test_slow_upstream_pauses_the_client_upload(proxy):
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
         await writer.drain()
 
-    _, port = proxy.serve(make_tenant("acme", port=serve_raw(proxy, sluggish)))
+    limits = Limits(max_body_bytes=TOTAL)
+    _, port = proxy.serve(make_tenant("acme", port=serve_raw(proxy, sluggish), limits=limits))
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
         sock.sendall(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % TOTAL)
