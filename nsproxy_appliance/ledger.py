@@ -20,7 +20,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from . import atomicfile
 from .netns import NetnsIdentity, named_path
@@ -128,8 +128,9 @@ class Ledger:
     def to_json(self) -> dict:
         return {
             "format": FORMAT_VERSION,
-            "namespaces": [asdict(n) for n in sorted(self.namespaces.values(), key=lambda n: n.name)],
-            "links": [asdict(link) for link in sorted(self.links.values(), key=lambda x: x.key)],
+            # vars(), not asdict(): the records are flat, and asdict's deep copy shows at 1000 tenants
+            "namespaces": [dict(vars(n)) for n in sorted(self.namespaces.values(), key=lambda n: n.name)],
+            "links": [dict(vars(link)) for link in sorted(self.links.values(), key=lambda x: x.key)],
         }
 
     @classmethod
