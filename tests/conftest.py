@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import os
 import secrets
+import selectors
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from nsproxy_appliance import netns
 from nsproxy_appliance.runtime_config import Paths
+
+REPO = Path(__file__).resolve().parents[1]
 
 # Every kernel object a test creates carries this run's token, so parallel or crashed runs never
 # collide, and leftovers are recognisable.
@@ -59,6 +65,35 @@ def make_netns(netns_cleanup: list[str]) -> Callable[[str], str]:
         return path
 
     return make
+
+
+ECHO_STARTUP_TIMEOUT = 120.0  # a Python start in the kernel stage's software-emulated VM takes seconds
+
+
+@pytest.fixture
+def echo_upstream() -> Iterator[str]:
+    """examples/echo_upstream.py on 127.0.0.1, a free port, in the host namespace; yields its URL."""
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "examples" / "echo_upstream.py"), "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        with selectors.DefaultSelector() as sel:
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout=ECHO_STARTUP_TIMEOUT):
+                raise AssertionError(f"echo upstream printed nothing within {ECHO_STARTUP_TIMEOUT:.0f} s")
+        line = proc.stdout.readline().strip()  # "echo upstream listening on http://127.0.0.1:PORT"
+        assert line.startswith("echo upstream listening on http://127.0.0.1:"), line
+        yield line.rsplit(" ", 1)[1]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def pytest_collection_modifyitems(config, items):

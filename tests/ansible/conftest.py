@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -88,26 +86,6 @@ def fleet(tmp_path: Path, role_venv: Path, unique: Callable[[str], str]) -> Iter
         yield f
     finally:
         f.teardown()
-
-
-@pytest.fixture
-def echo_upstream() -> Iterator[str]:
-    """examples/echo_upstream.py on 127.0.0.1:<free port>; yields its URL."""
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "examples" / "echo_upstream.py"), "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()  # "echo upstream listening on http://127.0.0.1:PORT"
-        m = re.search(r"(http://\S+)", line)
-        assert m, f"echo upstream did not start: {line!r}"
-        yield m.group(1)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 @pytest.fixture

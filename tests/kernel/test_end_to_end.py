@@ -4,43 +4,12 @@ tenant netns and forwards to the echo upstream in the host namespace with the te
 from __future__ import annotations
 
 import json
-import selectors
 import subprocess
-import sys
-from collections.abc import Iterator
 
 import pytest
-from kernel_support import REPO, Nsproxy, VipTenant
+from kernel_support import Nsproxy, VipTenant
 
 pytestmark = pytest.mark.kernel
-
-STARTUP_TIMEOUT = 120.0  # a Python start in the stage's software-emulated VM takes seconds
-
-
-@pytest.fixture
-def echo_upstream() -> Iterator[str]:
-    """examples/echo_upstream.py on 127.0.0.1, a free port, in the host namespace; yields its URL."""
-    proc = subprocess.Popen(
-        [sys.executable, str(REPO / "examples" / "echo_upstream.py"), "--listen", "127.0.0.1:0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        with selectors.DefaultSelector() as sel:
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            if not sel.select(timeout=STARTUP_TIMEOUT):
-                raise AssertionError(f"echo upstream printed nothing within {STARTUP_TIMEOUT:.0f} s")
-        line = proc.stdout.readline().strip()  # "echo upstream listening on http://127.0.0.1:PORT"
-        assert line.startswith("echo upstream listening on http://127.0.0.1:"), line
-        yield line.rsplit(" ", 1)[1]
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def curl_in(netns_name: str, url: str, *args: str) -> dict:
