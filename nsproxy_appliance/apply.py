@@ -15,6 +15,7 @@ from typing import Any
 
 from . import daemon_control, ledger, runtime_config
 from .daemon_control import DaemonError
+from .exitcodes import EXIT_ERROR, EXIT_OK, EXIT_PENDING
 from .kernel.observed import DaemonView, NetnsState, Observed
 from .kernel.rtnl import Channel
 from .kernel.session import Kernel
@@ -68,10 +69,10 @@ class RunResult:
     def exit_code(self) -> int:
         """0 success/in sync, 1 error, 2 changes pending (check only: terraform -detailed-exitcode)."""
         if self.plan.has_problems or self.failures or self.verify_errors:
-            return 1
+            return EXIT_ERROR
         if self.check and self.plan.actions:
-            return 2
-        return 0
+            return EXIT_PENDING
+        return EXIT_OK
 
 
 def run(manifest: Manifest, options: RunOptions) -> RunResult:

@@ -16,11 +16,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from .exitcodes import EXIT_ERROR, EXIT_OK
 from .runtime_config import Paths
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_PENDING = 2
 DEFAULT_STATE_DIR = "/var/lib/nsproxy"
 DEFAULT_RUNTIME_DIR = "/run/nsproxy"
 

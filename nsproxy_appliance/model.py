@@ -61,9 +61,6 @@ class Link:
     addresses: tuple[str, ...] = ()  # CIDR strings, normalised ("169.254.169.254/32")
     mtu: int | None = None
 
-    def interfaces(self) -> tuple[ipaddress.IPv4Interface | ipaddress.IPv6Interface, ...]:
-        return tuple(ipaddress.ip_interface(a) for a in self.addresses)
-
 
 @dataclass(frozen=True)
 class NetnsRef:

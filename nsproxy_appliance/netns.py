@@ -56,10 +56,6 @@ def identity(path: str) -> NetnsIdentity:
     return NetnsIdentity(st.st_dev, st.st_ino)
 
 
-def current_identity() -> NetnsIdentity:
-    return identity("/proc/thread-self/ns/net")
-
-
 def named_path(name: str) -> str:
     return f"{NETNS_RUN_DIR}/{name}"
 

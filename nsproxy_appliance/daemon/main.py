@@ -90,7 +90,6 @@ class Daemon:
         self.slots: dict[str, TenantSlot] = {}
         self.draining: list[TenantContext] = []  # removed tenants whose connections are draining
         self.reloads: dict[str, int] = {"ok": 0, "error": 0}
-        self.last_reload: dict[str, Any] | None = None
         self.start_time = time.time()
         self._lock = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
@@ -217,9 +216,7 @@ class Daemon:
             except ConfigError as e:
                 self.reloads["error"] += 1
                 log.error("reload (%s) rejected, still serving generation %s: %s", trigger, previous, e)
-                result = {"ok": False, "error": str(e), "generation": previous}
-                self.last_reload = result
-                return result
+                return {"ok": False, "error": str(e), "generation": previous}
             outcome, drains = await self._apply(config)
             self.reloads["ok"] += 1
         drained = await asyncio.gather(*drains)
@@ -238,7 +235,6 @@ class Daemon:
         log.info(
             "reload (%s): generation %s -> %s %s", trigger, previous, self.generation, changes or "(no tenant changes)"
         )
-        self.last_reload = result
         return result
 
     async def shutdown(self) -> None:
@@ -279,11 +275,11 @@ class Daemon:
         }
 
     def metrics_info(self) -> dict[str, Any]:
-        dropped = getattr(self.access_log, "dropped_lines", 0)
         return {
             "generation": self.generation or "",
             "reloads": self.reloads,
-            "access_log_dropped": dropped,
+            "access_log_dropped": getattr(self.access_log, "dropped_lines", 0),
+            "access_log_write_errors": getattr(self.access_log, "write_errors", 0),
             "start_time": self.start_time,
         }
 

@@ -36,7 +36,7 @@ def _le(bound: float) -> str:
 
 
 def render(contexts: Iterable[TenantContext], daemon: dict[str, Any]) -> bytes:
-    """`daemon`: generation, reloads (result -> count), access_log_dropped, start_time.
+    """`daemon`: generation, reloads (result -> count), access_log_dropped, access_log_write_errors, start_time.
 
     Encoded one metric family at a time, so a scrape of 1000 tenants never holds every sample
     line as a separate string at once (that peak would show up in the daemon's RSS).
@@ -59,6 +59,8 @@ def render(contexts: Iterable[TenantContext], daemon: dict[str, Any]) -> bytes:
         out.append(f'nsproxy_reloads_total{{result="{result}"}} {count}')
     family("nsproxy_access_log_dropped_lines_total", "counter", "Access log lines dropped (writer behind).")
     out.append(f"nsproxy_access_log_dropped_lines_total {daemon['access_log_dropped']}")
+    family("nsproxy_access_log_write_errors_total", "counter", "Failed access log writes or reopens.")
+    out.append(f"nsproxy_access_log_write_errors_total {daemon['access_log_write_errors']}")
     family("nsproxy_process_start_time_seconds", "gauge", "Start time of the daemon since the epoch.")
     out.append(f"nsproxy_process_start_time_seconds {daemon['start_time']:.3f}")
 

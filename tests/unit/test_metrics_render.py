@@ -24,7 +24,13 @@ def _ctx(name: str) -> TenantContext:
     return TenantContext(tenant=tenant)
 
 
-INFO = {"generation": "abc", "reloads": {"ok": 2, "error": 1}, "access_log_dropped": 0, "start_time": 1.5}
+INFO = {
+    "generation": "abc",
+    "reloads": {"ok": 2, "error": 1},
+    "access_log_dropped": 0,
+    "access_log_write_errors": 0,
+    "start_time": 1.5,
+}
 
 
 def test_every_line_is_valid_exposition_format():
