@@ -19,8 +19,8 @@ from typing import Any, NoReturn
 from .exitcodes import EXIT_ERROR, EXIT_OK
 from .runtime_config import Paths
 
-DEFAULT_STATE_DIR = "/var/lib/nsproxy"
-DEFAULT_RUNTIME_DIR = "/run/nsproxy"
+DEFAULT_STATE_DIR = Paths.state_dir  # the defaults live once, on Paths
+DEFAULT_RUNTIME_DIR = Paths.runtime_dir
 
 
 class UserError(Exception):
