@@ -1,14 +1,18 @@
-"""Client side of the proxy: one asyncio Protocol per client connection, parsed with httptools.
+"""Client side of the proxy: one asyncio Protocol per client connection, one Exchange per request.
 
-Per request: parse the head (llhttp is strict: smuggling shapes, obs-fold, bad tokens and bad
-chunk sizes are parse errors, answered 400 and closed), check the tenant's limits, rewrite the
-head (headers.py), take a keep-alive upstream connection from the tenant's pool (or open one),
-then stream the body both ways. Back-pressure: each side pauses reading the other while its
-write buffer is above the high-water mark (flow_control.py). Pipelined requests wait in a queue
-with reading paused, and are answered in order.
+Per request: llhttp (httptools) parses the head strictly; the whole head is checked and rewritten
+(request_head.py) before a single byte of it is written upstream, so a rejected request never
+reaches the upstream. The exchange then runs on the upstream connection attached to this client
+connection (taken from the tenant's pool on the first request, kept across keep-alive requests,
+given back when the client goes), and the body streams both ways with back-pressure: each side
+pauses reading the other while its write buffer is above the high-water mark (flow_control.py).
+Pipelined requests wait in a queue with reading paused and are sent one at a time: the upstream
+never has more than one request outstanding on a connection. After a 101 to a WebSocket upgrade,
+both transports are handed to a Tunnel (tunnel.py); client bytes that followed the upgrade request
+are held until then, and dropped with the connection if the upstream does not switch.
 
 The control plane uses `protocol_factory(ctx)` with loop.create_server(sock=...) and calls
-`begin_drain()` / `abort()` on the protocols it finds in ctx.connections.
+`begin_drain()` / `abort()` on the protocols (and tunnels) it finds in ctx.connections.
 """
 
 from __future__ import annotations
@@ -17,28 +21,28 @@ import asyncio
 import collections
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import cast
 
 import httptools
 
-from .context import TenantContext
+from .context import TenantContext, TenantPolicy
 from .flow_control import CONNECTING, HIGH_WATER, LOW_WATER, PEER_BACKPRESSURE, PIPELINE, ReadGate, tune_malloc
-from .headers import (
-    BODY_CHUNKED,
-    RequestPolicy,
-    error_response,
-    rewrite_request,
-    rewrite_response,
-)
+from .framing import LAST_CHUNK, BodyMode, chunk, error_response
 from .lazytimer import LazyTimer
+from .request_head import Peer, Refused, rewrite_request
+from .response_head import BadResponse, ResponseHead, interim_head, rewrite_response
+from .tunnel import Tunnel
 from .upstream import UpstreamConnection, UpstreamPool, pool_for
 
 # Connection phases, for the one lazy timer each connection has.
 _HEAD = 0  # waiting for (the rest of) a request head: header_timeout
 _IDLE = 1  # keep-alive, between requests: idle_timeout
 _BUSY = 2  # a request is being proxied: the upstream side's timers apply
+_BODY = 3  # the active request's body is still arriving: body_timeout
 
+_CHUNKED = BodyMode.CHUNKED  # bound once: enum attribute access is slow on the hot path
 _CLIENT_CLOSED = 499  # status recorded when the client went away before its response
+MAX_HELD = 64 * 1024  # client bytes held after a WebSocket upgrade request, until the 101
 
 
 class _NoParser:
@@ -46,141 +50,179 @@ class _NoParser:
         pass
 
 
-_DEAD_PARSER: Any = _NoParser()
+_DEAD_PARSER = _NoParser()
+_NO_PEER = Peer("0.0.0.0", 0)
 
 
-class _Reject(Exception):
-    """Raised inside a parser callback to answer the request with an error status."""
+class Exchange:
+    """One request and its response; the UpstreamSink of the connection serving it.
 
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
+    Created for every request, so most fields are class-level defaults that an instance only
+    overrides when they change (cheaper than setting two dozen slots per request).
+    """
 
+    method: bytes = b""
+    http11: bool = True
+    keep_alive: bool = True
+    websocket: bool = False
+    head: bytes = b""  # rewritten head, kept until it is sent (and for a retry); b"": not parsed yet
+    chunked: bool = False
+    has_body: bool = False
+    body_bytes: int = 0
+    body_deadline: float = 0.0
+    complete: bool = False  # the whole request has been read from the client
+    pending: list[bytes] | None = None  # body read before it could be sent; b"" marks the last chunk
+    sent: bool = False  # the head went upstream
+    retried: bool = False
+    status: int = 0
+    resp_bytes: int = 0
+    resp_started: bool = False
+    resp_keep_alive: bool = True
+    mode: int = 0  # a BodyMode
+    until_eof: bool = False
+    switch_head: bytes = b""
 
-class TenantPolicy:
-    """What the data plane derives from one version of a tenant's config (cached per reload)."""
-
-    __slots__ = ("limits", "pool", "request", "tenant", "tenant_name", "upstream_label")
-
-    def __init__(self, ctx: TenantContext) -> None:
-        tenant = ctx.tenant
-        self.tenant = tenant
-        self.tenant_name = tenant.name
-        self.limits = tenant.limits
-        self.request = RequestPolicy.build(tenant.tenant_header, tenant.tenant_id)
-        self.upstream_label = tenant.upstream.describe()
-        self.pool: UpstreamPool | None = None  # resolved lazily: opening it may fail
-
-
-def policy_for(ctx: TenantContext) -> TenantPolicy:
-    policy = ctx.dataplane
-    if policy is None or policy.tenant is not ctx.tenant:
-        policy = ctx.dataplane = TenantPolicy(ctx)
-    return policy
-
-
-class _Request:
-    __slots__ = (
-        "body_bytes",
-        "chunked",
-        "complete",
-        "has_body",
-        "head",
-        "head_bytes",
-        "headers",
-        "http11",
-        "keep_alive",
-        "method",
-        "pending",
-        "resp_bytes",
-        "retried",
-        "start",
-        "status",
-        "upgrade",
-        "url",
-    )
-
-    def __init__(self) -> None:
-        self.url = b""
+    def __init__(self, proto: ProxyProtocol, url: bytes) -> None:
+        self.proto = proto
+        self.client_gate = proto.gate
+        self.out = proto._out
+        self.url = url
         self.headers: list[tuple[bytes, bytes]] = []
-        self.head_bytes = 0
-        self.method = b""
-        self.http11 = True
-        self.keep_alive = True
-        self.upgrade = False
-        self.head: bytes | None = None  # rewritten head, kept until it is sent (and for a retry)
-        self.chunked = False
-        self.has_body = False
-        self.body_bytes = 0
-        self.complete = False
-        self.pending: list[bytes] | None = None  # body bytes read before an upstream is attached
-        self.start = 0.0
-        self.status = 0
-        self.resp_bytes = 0
-        self.retried = False
+        self.start = time.perf_counter()
+
+    # -- UpstreamSink: the response ------------------------------------------------------------
+    def upstream_interim(self, raw: bytes) -> None:
+        if self.http11:  # interim responses (100 Continue, 103) go to HTTP/1.1 clients only
+            self.proto._out.append(interim_head(raw))
+
+    def upstream_head(self, status: int, raw: bytes) -> bool:
+        proto = self.proto
+        if status == 101 and not self.websocket:
+            proto._upstream_error(self, "unsolicited_101", 502)
+            return False
+        keep_alive = self.keep_alive and not proto._draining and not self.websocket
+        bodiless = self.method == b"HEAD"
+        flags = self.http11 + 2 * keep_alive + 4 * bodiless
+        cached = proto._resp
+        if cached is not None and raw == proto._resp_raw and flags == proto._resp_flags:
+            resp = cached  # the same head as the last one: an upstream repeats itself
+        else:
+            try:
+                resp = rewrite_response(
+                    raw, status, client_http11=self.http11, keep_alive=keep_alive, bodiless=bodiless
+                )
+            except BadResponse:
+                proto._upstream_error(self, "bad_response", 502)
+                return False
+            proto._resp_raw, proto._resp_flags, proto._resp = raw, flags, resp
+        if status == 101:
+            if (resp.upgrade or b"").strip(b" \t").lower() != b"websocket":
+                proto._upstream_error(self, "bad_upgrade", 502)
+                return False
+            self.switch_head = resp.head  # written when the parser hands over the connection
+            return False
+        self.status = status
+        self.resp_started = True
+        self.mode = mode = resp.mode
+        if not resp.keep_alive:
+            self.resp_keep_alive = False
+        if resp.until_eof:
+            self.until_eof = True
+        self.out.append(resp.head)
+        return mode == _CHUNKED
+
+    def upstream_flush(self) -> None:
+        self.proto.flush()
+
+    def upstream_done(self, keep_alive: bool, body_bytes: int) -> None:
+        if self.mode == _CHUNKED:
+            self.out.append(LAST_CHUNK)
+        self.resp_bytes = body_bytes
+        self.proto._exchange_done(self, keep_alive and self.complete)
+
+    def upstream_failed(self, reason: str) -> None:
+        self.proto._upstream_error(self, reason, 504 if reason == "timeout" else 502)
+
+    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+        proto = self.proto
+        if self.resp_started and self.until_eof and exc is None:
+            self.upstream_done(False, conn._body_bytes)  # a close-delimited body ends here
+            return
+        if not self.resp_started and not conn.got_bytes and conn.served and not self.has_body and not self.retried:
+            proto._retry(self, conn)  # a kept-alive connection the upstream had closed meanwhile
+            return
+        proto._upstream_error(self, "reset" if exc is not None else "closed", 502)
+
+    def upstream_switched(self, conn: UpstreamConnection, rest: bytes) -> None:
+        self.proto._switch(self, conn, rest)
 
 
-class ProxyProtocol(LazyTimer, asyncio.Protocol):
+class ProxyProtocol(LazyTimer):
     """One client connection of one tenant."""
 
-    def __init__(self, ctx: TenantContext) -> None:
+    def __init__(self, ctx: TenantContext, loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.ctx = ctx
         self.counters = ctx.counters
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop or asyncio.get_running_loop()  # a fake one in the socket-free tests
         self.transport: asyncio.Transport | None = None
         self.gate: ReadGate | None = None
-        self.parser = httptools.HttpRequestParser(self)
+        self.parser: httptools.HttpRequestParser | _NoParser = httptools.HttpRequestParser(self)
         self.client = "-"
-        self.client_ip = b""
-        self._parsing: _Request | None = None
-        self._active: _Request | None = None
-        self._queue: collections.deque[_Request] | None = None
-        self._up: UpstreamConnection | None = None
+        self.peer = _NO_PEER  # replaced once connected
+        self.default_host = b"localhost"
+        self._parsing: Exchange | None = None
+        self._last_parsed: Exchange | None = None
+        self._active: Exchange | None = None
+        self._queue: collections.deque[Exchange] | None = None
+        self._up: UpstreamConnection | None = None  # attached across this client's requests
         self._connecting: asyncio.Task[None] | None = None
-        self._policy: TenantPolicy | None = None
         self._out: list[bytes] = []
         self._phase = _HEAD
         self._phase_since = 0.0
         self._head_raw = 0
+        self._read_len = 0
+        self._data = b""  # the read being parsed
+        self._msgs_in_read = 0  # requests completed in it so far
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self._reject: _Reject | None = None
-        # response state of the active request
-        self._resp_started = False
-        self._resp_mode = 0
-        self._resp_keep_alive = True
-        self._resp_until_eof = False
+        self._held: list[bytes] | None = None  # bytes after a WebSocket upgrade request
+        self._held_bytes = 0
+        self._deferred: tuple[int, str] | None = None
+        self._resp_raw = b""  # the last response head rewritten for this client, and the result
+        self._resp_flags = -1
+        self._resp: ResponseHead | None = None
         self._write_paused = False
-        self._upgrading = False  # an Upgrade request was sent; raw client bytes follow it
-        self._tunnel = False
         self._draining = False
         self._closing = False
-        self._closing_after = False  # a bad pipelined request was seen: stop reading
-        self._deferred: tuple[int, str] | None = None
+        self._stop_reading = False  # a bad pipelined request was seen: read nothing more
         self._rejected = False
         self.closed = False
 
     # -- connection life cycle ------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        counters = self.counters
-        limits = self.ctx.tenant.limits
-        if counters.active_connections >= limits.max_connections:
-            # Per-tenant limit: only this tenant's counter is consulted, others are unaffected.
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
+        ctx, counters = self.ctx, self.counters
+        limits = ctx.tenant.limits
+        active = counters.active_connections
+        if active >= limits.max_connections or not ctx.budget.admit(active):
+            # Only this tenant's counter (and the process-wide fd budget) is consulted.
             counters.rejected_connections += 1
             self._rejected = self._closing = True
             transport.write(error_response(503))
             transport.close()
             return
         counters.accepted_connections += 1
-        counters.active_connections += 1
-        self.ctx.connections.add(self)
+        counters.active_connections = active + 1
+        ctx.budget.clients += 1
+        ctx.connections.add(self)
         self.gate = ReadGate(transport)
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
+        local = transport.get_extra_info("sockname")
+        if isinstance(peer, tuple) and isinstance(local, tuple):
             self.client = peer[0]
-            self.client_ip = peer[0].encode()
+            self.peer = Peer.of(peer[0], local[1])
+            self.default_host = (f"[{local[0]}]:{local[1]}" if ":" in local[0] else f"{local[0]}:{local[1]}").encode()
         self._phase_since = now = self.loop.time()
         self._arm(now + limits.header_timeout)
 
@@ -190,6 +232,7 @@ class ProxyProtocol(LazyTimer, asyncio.Protocol):
         if self._rejected:
             return
         self.counters.active_connections -= 1
+        self.ctx.budget.clients -= 1
         self.ctx.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
@@ -197,18 +240,24 @@ class ProxyProtocol(LazyTimer, asyncio.Protocol):
         if self._connecting is not None:
             self._connecting.cancel()
             self._connecting = None
-        up = self._up
+        ex = self._active
+        up, self._up = self._up, None
         if up is not None:
-            self._up = None
-            up.abort()  # its response is half-read: never reuse it
-        req = self._active
-        if req is not None and not self._tunnel:
+            if ex is not None and ex.sent:
+                up.abort()  # its response is half-read: never reuse it
+            else:
+                up.pool.release(up, True)
+        if ex is not None:
             self._active = None
-            self._record(req, req.status if self._resp_started else _CLIENT_CLOSED)
+            self._record(ex, ex.status if ex.resp_started else _CLIENT_CLOSED)
 
     def eof_received(self) -> bool | None:
         # A client may half-close after its request: finish the response, then close.
-        if self._active is not None or self._tunnel:
+        ex = self._active
+        if ex is not None and not ex.complete:
+            self._fail(400, "client closed before the request body was complete")
+            return None
+        if ex is not None or self._queue:
             self._draining = True
             return True
         return None
@@ -216,7 +265,7 @@ class ProxyProtocol(LazyTimer, asyncio.Protocol):
     def begin_drain(self) -> None:
         """Finish the in-flight request, then close; an idle connection closes now."""
         self._draining = True
-        if self._active is None and not self._tunnel and self._parsing is None and not self._closing:
+        if self._active is None and self._parsing is None and not self._closing:
             self._close()
 
     def abort(self) -> None:
@@ -234,37 +283,55 @@ class ProxyProtocol(LazyTimer, asyncio.Protocol):
         if self._up is not None and self._up.gate is not None:
             self._up.gate.resume(PEER_BACKPRESSURE)
 
+    def upstream_gone(self, conn: UpstreamConnection) -> None:
+        """The attached upstream connection closed between requests (its keep-alive timeout)."""
+        if self._up is conn:
+            self._up = None
+
     # -- reading requests -----------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
-        if self._closing or self._closing_after:
+        if self._closing or self._stop_reading:
             return
         self.counters.bytes_in += len(data)
-        if self._tunnel or self._upgrading:
-            self._forward_raw(data)
+        if self._held is not None:
+            self._hold(data)
             return
         if self._phase == _IDLE:
             self._phase = _HEAD
             self._phase_since = self.loop.time()
         before = self._parsing
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            rest = data[exc.args[0] :]
-            if rest:
-                self._forward_raw(rest)
-        except httptools.HttpParserError:
-            reject, self._reject = self._reject, None
-            if reject is not None:
-                self._parse_error(reject.status, reject.args[0])
-            else:
-                self._parse_error(400, "malformed request")
-            return
-        req = self._parsing
-        if req is not None and req.head is None:
+        self._read_len = len(data)
+        self._data = data
+        self._msgs_in_read = 0
+        while True:
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserUpgrade as exc:
+                rest = data[exc.args[0] :]
+                ex = self._last_parsed
+                if ex is not None and ex.websocket:
+                    self._held = []
+                    if rest:
+                        self._hold(rest)
+                    return
+                if rest and not self._closing:
+                    data = self._data = rest  # any other Upgrade is served as plain HTTP/1.1: keep parsing
+                    self._msgs_in_read = 0
+                    continue
+            except httptools.HttpParserError as exc:
+                refused = exc.__context__
+                if isinstance(refused, Refused):
+                    self._parse_error(refused.status, refused.reason)
+                else:
+                    self._parse_error(400, "malformed request")
+                return
+            break
+        ex = self._parsing
+        if ex is not None and not ex.head and not self._closing:
             # A head is still incomplete. If it was already under way, or no message was, this
             # whole read is head bytes (httptools buffers them internally, so bound them here).
             limits = self.ctx.tenant.limits
-            if before is None or before is req:
+            if before is None or before is ex:
                 self._head_raw += len(data)
                 if self._head_raw > limits.max_header_bytes:
                     self._parse_error(431, "request head too large")
@@ -272,123 +339,145 @@ class ProxyProtocol(LazyTimer, asyncio.Protocol):
             if self._phase == _HEAD:
                 self._arm(self._phase_since + limits.header_timeout)
 
-    def on_message_begin(self) -> None:
-        self._parsing = req = _Request()
-        req.start = time.perf_counter()
-        self._head_raw = 0
+    def _version_in_read(self) -> bytes | None:
+        """The HTTP version of the head just parsed, read off the request line when this read began
+        with it (nearly always); None otherwise. httptools' get_http_version formats a str each call,
+        which costs more than the rest of the request line handling together."""
+        data = self._data
+        if self._head_raw or self._msgs_in_read or data[:1] in (b"\r", b"\n"):
+            return None
+        end = data.find(b"\r\n")
+        if end < 8 or data[end - 8 : end - 3] != b"HTTP/":  # llhttp accepted the line: it ends so
+            return None
+        return data[end - 3 : end]
+
+    def _hold(self, data: bytes) -> None:
+        held = self._held
+        assert held is not None
+        held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > MAX_HELD:
+            self._fail(400, "too many bytes before the upstream accepted the upgrade")
 
     def on_url(self, url: bytes) -> None:
-        req = self._parsing
-        req.url += url  # type: ignore[union-attr]
-        req.head_bytes += len(url)  # type: ignore[union-attr]
+        # The first callback of every request (llhttp's message_begin is not needed): it starts
+        # the exchange, or continues a URL split across reads.
+        ex = self._parsing
+        if ex is None:
+            self._parsing = Exchange(self, url)
+            self._head_raw = 0
+        else:
+            ex.url += url
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        req = self._parsing
-        if req.head is not None:  # a chunked trailer: dropped
-            return
-        req.headers.append((name, value))
-        req.head_bytes += len(name) + len(value) + 4
+        ex = self._parsing
+        if not ex.head:  # type: ignore[union-attr]  # else: a chunked trailer, dropped
+            ex.headers.append((name, value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
-        req = self._parsing
-        parser = self.parser
-        version = parser.get_http_version()
-        if version == "1.0":
-            req.http11 = False
-        elif version != "1.1":
-            self._raise(505, f"HTTP version {version} not supported")
-        req.method = parser.get_method()
-        req.keep_alive = parser.should_keep_alive()
-        req.upgrade = parser.should_upgrade()
-        policy = self._current_policy()
+        ex: Exchange = self._parsing  # type: ignore[assignment]
+        parser: httptools.HttpRequestParser = self.parser  # type: ignore[assignment]
+        version = self._version_in_read()
+        if version != b"1.1":
+            if version is None:
+                version = parser.get_http_version().encode()
+            if version != b"1.1":
+                if version != b"1.0":
+                    raise Refused(505, f"HTTP version {version.decode()} not supported")
+                ex.http11 = False
+        ex.method = method = parser.get_method()
+        if method == b"CONNECT":
+            raise Refused(405, "CONNECT is not supported")
+        ex.keep_alive = parser.should_keep_alive()
+        policy = self.ctx.policy
         limits = policy.limits
-        if req.head_bytes > limits.max_header_bytes:
-            self._raise(431, "request head too large")
-        try:
-            head = rewrite_request(
-                req.method,
-                req.url,
-                req.headers,
-                policy.request,
-                self.client_ip,
-                upgrade=req.upgrade,
-                default_host=b"localhost",
-            )
-        except ValueError:
-            self._raise(400, "bad header value")
-        if head.content_length is not None and head.content_length > limits.max_body_bytes:
-            self._raise(413, "request body too large")
-        req.head = head.head
-        req.chunked = head.chunked
-        req.has_body = head.chunked or bool(head.content_length)
-        req.headers = []  # no longer needed: free them early
-        self._phase = _BUSY
+        headers = ex.headers
+        if self._head_raw + self._read_len > limits.max_header_bytes and (
+            len(ex.url) + sum(len(n) + len(v) + 4 for n, v in headers) > limits.max_header_bytes
+        ):  # (a head that came in reads smaller than the limit cannot be over it)
+            raise Refused(431, "request head too large")
+        head = rewrite_request(
+            method, ex.url, headers, policy.request, self.peer, http11=ex.http11, default_host=self.default_host
+        )
+        length = head.content_length
+        if length is not None and length > limits.max_body_bytes:
+            raise Refused(413, "request body too large")
+        if parser.should_upgrade() and not head.websocket and (head.chunked or length):
+            # llhttp reads no body after an upgrade request: one it is not switching for must not have one.
+            raise Refused(400, "upgrade request with a body")
+        ex.head = head.head
+        if head.chunked or length:
+            ex.has_body = True
+            ex.chunked = head.chunked
+        if head.websocket:
+            ex.websocket = True
+        del ex.headers  # no longer needed: free them early
+        self._last_parsed = ex
         if self._active is None:
-            self._start(req)
+            self._start(ex)
         else:
             queue = self._queue
             if queue is None:
                 queue = self._queue = collections.deque()
-            queue.append(req)
+            queue.append(ex)
             self.gate.pause(PIPELINE)  # type: ignore[union-attr]
 
     def on_body(self, body: bytes) -> None:
-        req = self._parsing
-        req.body_bytes += len(body)  # type: ignore[union-attr]
-        if req.body_bytes > self._current_policy().limits.max_body_bytes:  # type: ignore[union-attr]
-            self._raise(413, "request body too large")
-        if req is self._active and self._up is not None:
-            if req.chunked:  # type: ignore[union-attr]
-                self._up.writelines([b"%x\r\n" % len(body), body, b"\r\n"])
+        ex = self._parsing
+        assert ex is not None
+        ex.body_bytes += len(body)
+        if ex.body_bytes > self.ctx.policy.limits.max_body_bytes:
+            raise Refused(413, "request body too large")
+        if ex.sent:
+            up = self._up
+            assert up is not None
+            if ex.chunked:
+                up.writelines(list(chunk(body)))
             else:
-                self._up.write(body)
+                up.write(body)
+        elif ex.pending is None:
+            ex.pending = [body]
         else:
-            if req.pending is None:  # type: ignore[union-attr]
-                req.pending = []  # type: ignore[union-attr]
-            req.pending.append(body)  # type: ignore[union-attr]
+            ex.pending.append(body)
 
     def on_message_complete(self) -> None:
-        req = self._parsing
+        ex: Exchange = self._parsing  # type: ignore[assignment]
         self._parsing = None
-        req.complete = True  # type: ignore[union-attr]
-        if req.chunked:  # type: ignore[union-attr]
-            if req is self._active and self._up is not None:
-                self._up.write(b"0\r\n\r\n")
+        self._msgs_in_read += 1
+        ex.complete = True
+        if ex.chunked:
+            if ex.sent:
+                self._up.write(LAST_CHUNK)  # type: ignore[union-attr]
+            elif ex.pending is None:
+                ex.pending = [b""]
             else:
-                if req.pending is None:  # type: ignore[union-attr]
-                    req.pending = []  # type: ignore[union-attr]
-                req.pending.append(b"")  # type: ignore[union-attr]  # marks the chunked terminator
+                ex.pending.append(b"")  # marks the last chunk
+        if ex is self._active and self._phase == _BODY:
+            self._phase = _BUSY
 
     def _parse_error(self, status: int, reason: str) -> None:
-        active = self._active
-        if active is not None and self._parsing is not active:
+        active, parsing = self._active, self._parsing
+        if active is not None and parsing is not active:
             # A later pipelined request is bad: answer the ones before it first.
+            if parsing is not None and self._queue and parsing in self._queue:
+                self._queue.remove(parsing)  # its head was fine, its body is not: never send it
             self._deferred = (status, reason)
             self._parsing = None
-            self._closing_after = True
+            self._stop_reading = True
             self.gate.pause(PIPELINE)  # type: ignore[union-attr]
             return
         self._fail(status, reason)
 
-    def _raise(self, status: int, reason: str) -> None:
-        self._reject = _Reject(status, reason)
-        raise self._reject
-
-    def _current_policy(self) -> TenantPolicy:
-        policy = self._policy
-        if policy is None or policy.tenant is not self.ctx.tenant:
-            policy = self._policy = policy_for(self.ctx)
-        return policy
-
     # -- dispatching to the upstream ------------------------------------------------------
-    def _start(self, req: _Request) -> None:
-        self._active = req
-        self._resp_started = False
-        self._resp_keep_alive = req.keep_alive and not self._draining
-        self._resp_until_eof = False
-        if req.upgrade:
-            self._upgrading = True
-        policy = self._current_policy()
+    def _start(self, ex: Exchange) -> None:
+        self._active = ex
+        policy = self.ctx.policy
+        if ex.complete or not ex.has_body:
+            self._phase = _BUSY
+        else:
+            self._phase = _BODY
+            ex.body_deadline = self.loop.time() + policy.limits.body_timeout
+            self._arm(ex.body_deadline)
         pool = policy.pool
         if pool is None or pool.closed or self.ctx.pool is not pool:
             try:
@@ -396,106 +485,103 @@ class ProxyProtocol(LazyTimer, asyncio.Protocol):
             except OSError:
                 self._fail(502, "upstream namespace unavailable", error="netns")
                 return
+        up = self._up
+        if up is not None:
+            if up.pool is pool and not up.closed:
+                self._send(ex, up, policy)
+                return
+            self._up = None
+            up.close()
         conn = pool.acquire()
         if conn is not None:
-            self._attach(conn, req, policy.limits.read_timeout)
+            conn.owner = self
+            self._up = conn
+            self._send(ex, conn, policy)
             return
         self.gate.pause(CONNECTING)  # type: ignore[union-attr]
-        self._connecting = self.loop.create_task(self._connect(pool, req))
+        self._connecting = self.loop.create_task(self._connect(pool, ex, policy))
 
-    async def _connect(self, pool: UpstreamPool, req: _Request) -> None:
+    async def _connect(self, pool: UpstreamPool, ex: Exchange, policy: TenantPolicy) -> None:
         try:
-            conn = await pool.connect(self._current_policy().limits.connect_timeout)
+            conn = await pool.connect(policy.limits.connect_timeout)
         except TimeoutError:
             self._connecting = None
-            self._upstream_error(req, "connect_timeout", 504)
+            self._upstream_error(ex, "connect_timeout", 504)
             return
         except OSError as exc:
             self._connecting = None
-            self._upstream_error(req, _os_error_reason(exc), 502)
+            self._upstream_error(ex, _os_error_reason(exc), 502)
             return
         except (ValueError, TypeError):  # e.g. an upstream address the socket layer refuses
             self._connecting = None
-            self._upstream_error(req, "connect_error", 502)
+            self._upstream_error(ex, "connect_error", 502)
             return
         self._connecting = None
-        if self.closed or req is not self._active:
+        if self.closed or ex is not self._active:
             pool.release(conn, True)
             return
-        self._attach(conn, req, self._current_policy().limits.read_timeout)
+        conn.owner = self
+        self._up = conn
+        self._send(ex, conn, policy)
         self.gate.resume(CONNECTING)  # type: ignore[union-attr]
 
-    def _attach(self, conn: UpstreamConnection, req: _Request, read_timeout: float) -> None:
-        self._up = conn
-        conn.bind(self, no_body=req.method == b"HEAD", read_timeout=read_timeout)
+    def _send(self, ex: Exchange, up: UpstreamConnection, policy: TenantPolicy) -> None:
+        up.bind(ex, no_body=ex.method == b"HEAD", read_timeout=policy.limits.read_timeout)
         if self._write_paused:
-            conn.gate.pause(PEER_BACKPRESSURE)  # type: ignore[union-attr]
-        pending = req.pending
+            up.gate.pause(PEER_BACKPRESSURE)  # type: ignore[union-attr]
+        ex.sent = True
+        pending = ex.pending
         if not pending:
-            conn.transport.write(req.head)  # type: ignore[union-attr,arg-type]  # bind() noted the time
+            up.transport.write(ex.head)  # type: ignore[union-attr]  # bind() noted the time
             return
-        req.pending = None
-        parts = [req.head]
-        for chunk in pending:
-            if self._upgrading and not req.chunked:
-                parts.append(chunk)
-            elif req.chunked:
-                parts += (b"%x\r\n" % len(chunk), chunk, b"\r\n") if chunk else (b"0\r\n\r\n",)
+        ex.pending = None
+        parts: list[bytes] = [ex.head]
+        for piece in pending:
+            if not ex.chunked:
+                parts.append(piece)
+            elif piece:
+                parts += chunk(piece)
             else:
-                parts.append(chunk)
-        conn.writelines(parts)  # type: ignore[arg-type]
+                parts.append(LAST_CHUNK)
+        up.writelines(parts)
 
-    def _forward_raw(self, data: bytes) -> None:
-        """Bytes after an Upgrade request head (tunnel data), sent as they are."""
-        up = self._up
-        if up is not None:
-            up.write(data)
-            return
-        req = self._active
-        if req is not None:
-            if req.pending is None:
-                req.pending = []
-            req.pending.append(data)
+    def _retry(self, ex: Exchange, conn: UpstreamConnection) -> None:
+        ex.retried = True
+        ex.sent = False
+        if self._up is conn:
+            self._up = None
+        self._active = None
+        self._start(ex)
 
-    # -- the upstream's callbacks (see upstream.UpstreamConnection) -------------------------
-    def upstream_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        req = self._active
-        if req is None:
+    def _switch(self, ex: Exchange, conn: UpstreamConnection, rest: bytes) -> None:
+        """The upstream switched to WebSocket: the connection becomes a tunnel."""
+        if self._closing or not ex.switch_head or self.transport is None:
+            conn.abort()
             return
-        if status < 200 and status != 101:
-            if req.http11:  # interim responses (100 Continue) go to HTTP/1.1 clients only
-                self._out.append(
-                    rewrite_response(status, reason, headers, client_http11=True, keep_alive=True, bodiless=True).head
-                )
-            return
-        resp = rewrite_response(
-            status,
-            reason,
-            headers,
-            client_http11=req.http11,
-            keep_alive=self._resp_keep_alive and not self._draining and not self._upgrading,
-            bodiless=req.method == b"HEAD",
-        )
-        req.status = status
-        self._resp_started = True
-        self._resp_mode = resp.mode
-        self._resp_keep_alive = resp.keep_alive
-        self._resp_until_eof = resp.until_eof
-        self._out.append(resp.head)
-
-    def upstream_body(self, body: bytes) -> None:
-        req = self._active
-        if req is None:
-            return
-        req.resp_bytes += len(body)
-        if self._resp_mode == BODY_CHUNKED:
-            self._out += (b"%x\r\n" % len(body), body, b"\r\n")
-        else:
-            self._out.append(body)
+        self._active = None
+        self._up = None
+        self._out.append(ex.switch_head)
+        if rest:
+            self._out.append(rest)
+        self.flush()
+        held, self._held = self._held, None
+        if held:
+            conn.transport.write(b"".join(held))  # type: ignore[union-attr]
+        self._record(ex, 101)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._closing = True  # nothing of HTTP is read on this protocol any more
+        self.parser = _DEAD_PARSER
+        self.ctx.connections.discard(self)  # the tunnel takes over the connection's accounting
+        assert conn.transport is not None
+        Tunnel(self.ctx, self.transport, conn.transport)
 
     def flush(self) -> None:
         out = self._out
-        if not out or self.closed:
+        if not out:
+            return
+        if self.closed:
             out.clear()
             return
         data = out[0] if len(out) == 1 else b"".join(out)
@@ -503,84 +589,52 @@ class ProxyProtocol(LazyTimer, asyncio.Protocol):
         self.counters.bytes_out += len(data)
         self.transport.write(data)  # type: ignore[union-attr]
 
-    def upstream_done(self, conn: UpstreamConnection, keep_alive: bool) -> None:
-        req = self._active
-        if req is None:
-            conn.pool.release(conn, False)
-            return
-        if self._resp_mode == BODY_CHUNKED:
-            self._out.append(b"0\r\n\r\n")
-        self.flush()
-        reusable = keep_alive and req.complete and not self._upgrading
-        self._finish(req, conn, reusable)
+    # -- ending an exchange ---------------------------------------------------------------
+    def _exchange_done(self, ex: Exchange, reusable: bool) -> None:
+        """The response is complete: write it out, account for it, and go on with the connection.
 
-    def upstream_failed(self, conn: UpstreamConnection, reason: str) -> None:
-        self._up = None
-        req = self._active
-        if req is None:
-            return
-        self._upstream_error(req, reason, 504 if reason == "timeout" else 502)
-
-    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
-        self._up = None
-        req = self._active
-        if req is None:
-            return
-        if self._resp_started and self._resp_until_eof and exc is None:
-            # A close-delimited body ends here.
-            if self._resp_mode == BODY_CHUNKED:
-                self._out.append(b"0\r\n\r\n")
-            self.flush()
-            self._finish(req, conn, False)
-            return
-        if not self._resp_started and not conn.got_bytes and conn.served and not req.has_body and not req.retried:
-            # A pooled connection the upstream closed while idle: retry once on a fresh one.
-            req.retried = True
-            self._active = None
-            self._start(req)
-            return
-        self._upstream_error(req, "reset" if exc is not None else "closed", 502)
-
-    def upstream_tunnel_start(self, rest: bytes) -> None:
-        self._tunnel = True
-        self._upgrading = False
-        req = self._active
-        if rest:
-            self._out.append(rest)
-        self.flush()
-        if req is not None:
-            self._active = None
-            self._record(req, 101)
-
-    def upstream_tunnel_data(self, data: bytes) -> None:
-        if not self.closed:
+        Runs once per request, so the common case (keep-alive, nothing queued) is straight-line.
+        """
+        out = self._out
+        if out and not self.closed:  # flush(), inlined
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
             self.counters.bytes_out += len(data)
             self.transport.write(data)  # type: ignore[union-attr]
-
-    def upstream_tunnel_closed(self) -> None:
-        self._up = None
-        self._close()
-
-    # -- ending an exchange ---------------------------------------------------------------
-    def _finish(self, req: _Request, conn: UpstreamConnection | None, reusable: bool) -> None:
         self._active = None
-        self._up = None
-        if conn is not None:
-            conn.pool.release(conn, reusable)
-        self._record(req, req.status)
+        up = self._up
+        if up is not None:
+            if not reusable:
+                self._up = None
+                up.close()
+            elif up.gate.reasons:  # type: ignore[union-attr]
+                up.gate.resume(PEER_BACKPRESSURE)  # type: ignore[union-attr]
+        self._record(ex, ex.status)
         if self.closed:
             return
-        if not self._resp_keep_alive or not req.complete or self._upgrading:
-            self._upgrading = False
+        if not ex.resp_keep_alive or not ex.complete or ex.websocket:
             self._close()
             return
-        if self.gate.reasons:  # type: ignore[union-attr]
-            self.gate.resume(PEER_BACKPRESSURE)  # type: ignore[union-attr]
+        if self.gate.reasons or self._queue or self._deferred is not None or self._draining:  # type: ignore[union-attr]
+            self._next_exchange()
+            return
+        self._phase = _IDLE
+        self._phase_since = now = self.loop.time()
+        at = now + self.ctx.tenant.limits.idle_timeout
+        if self._timer is None or at < self._timer_at:
+            self._arm(at)
+
+    def _next_exchange(self) -> None:
+        """After a response, when anything more than waiting for the next request is due."""
+        gate = self.gate
+        assert gate is not None
+        if gate.reasons & PEER_BACKPRESSURE:
+            gate.resume(PEER_BACKPRESSURE)
         queue = self._queue
         if queue:
             nxt = queue.popleft()
-            if not queue and not self._closing_after:
-                self.gate.resume(PIPELINE)  # type: ignore[union-attr]
+            if not queue and not self._stop_reading:
+                gate.resume(PIPELINE)
             self._start(nxt)
             return
         if self._deferred is not None:
@@ -589,44 +643,46 @@ class ProxyProtocol(LazyTimer, asyncio.Protocol):
         if self._draining:
             self._close()
             return
-        limits = self._policy.limits  # type: ignore[union-attr]  # set by _start
+        limits = self.ctx.tenant.limits
+        self._phase_since = now = self.loop.time()
         if self._parsing is None:
             self._phase = _IDLE
-            self._phase_since = now = self.loop.time()
             self._arm(now + limits.idle_timeout)
         else:  # a pipelined head is half-read
             self._phase = _HEAD
-            self._phase_since = now = self.loop.time()
             self._arm(now + limits.header_timeout)
 
-    def _record(self, req: _Request, status: int) -> None:
-        duration = time.perf_counter() - req.start
+    def _record(self, ex: Exchange, status: int) -> None:
+        duration = time.perf_counter() - ex.start
         self.counters.observe(status, duration)
+        if self.ctx.access_log is not None:
+            self._log(ex, status, duration)
+
+    def _log(self, ex: Exchange, status: int, duration: float) -> None:
         log = self.ctx.access_log
         if log is not None:
-            url = req.url.decode("latin-1")
             log(
                 {
                     "tenant": self.ctx.tenant.name,
                     "client": self.client,
-                    "method": req.method.decode("latin-1"),
-                    "path": url,
+                    "method": ex.method.decode("latin-1"),
+                    "path": ex.url.decode("latin-1"),
                     "status": status,
-                    "bytes": req.resp_bytes,
+                    "bytes": ex.resp_bytes,
                     "duration": round(duration, 6),
-                    "upstream": self._current_policy().upstream_label,
+                    "upstream": self.ctx.policy.upstream_label,
                 }
             )
 
-    def _upstream_error(self, req: _Request, reason: str, status: int) -> None:
+    def _upstream_error(self, ex: Exchange, reason: str, status: int) -> None:
         self.counters.upstream_error(reason)
-        if self._up is not None:
-            self._up.abort()
-            self._up = None
-        if self._resp_started:
+        up, self._up = self._up, None
+        if up is not None:
+            up.abort()
+        if ex.resp_started:
             # Part of the response is already out: truncating is the only honest signal.
             self._active = None
-            self._record(req, req.status)
+            self._record(ex, ex.status)
             self._closing = True
             if self.transport is not None:
                 self.transport.abort()
@@ -639,21 +695,25 @@ class ProxyProtocol(LazyTimer, asyncio.Protocol):
             self.counters.upstream_error(error)
         if self._closing:
             return
-        if self._resp_started and self._active is not None:
-            self._upstream_error(self._active, "client_error", status)  # truncates
+        ex = self._active
+        if ex is not None and ex.resp_started:
+            self._upstream_error(ex, "client_error", status)  # truncates
             return
         self._closing = True
-        if self._up is not None:
-            self._up.abort()
-            self._up = None
+        up, self._up = self._up, None
+        if up is not None:
+            if ex is not None and ex.sent:
+                up.abort()  # it carried (part of) this request: never reuse it
+            else:
+                up.pool.release(up, True)
         if self._connecting is not None:
             self._connecting.cancel()
             self._connecting = None
-        req = self._active or self._parsing
-        self._active = None
-        if req is not None:
-            req.status = status
-            self._record(req, status)
+        ex = ex or self._parsing
+        self._active = self._parsing = None
+        if ex is not None:
+            ex.status = status
+            self._record(ex, status)
         else:
             self.counters.observe(status, 0.0)
         self._out.clear()
@@ -674,12 +734,19 @@ class ProxyProtocol(LazyTimer, asyncio.Protocol):
         phase = self._phase
         if phase == _BUSY:
             return  # re-armed when the exchange ends
+        now = self.loop.time()
         limits = self.ctx.tenant.limits
-        if phase == _IDLE:
-            deadline = self._phase_since + limits.idle_timeout
-        else:
-            deadline = self._phase_since + limits.header_timeout
-        if self.loop.time() < deadline:
+        if phase == _BODY:
+            ex = self._active
+            if ex is None or ex.complete:
+                return
+            if now < ex.body_deadline:
+                self._arm(ex.body_deadline)
+                return
+            self._fail(408, "request body not complete within body_timeout")
+            return
+        deadline = self._phase_since + (limits.idle_timeout if phase == _IDLE else limits.header_timeout)
+        if now < deadline:
             self._arm(deadline)
             return
         if phase == _IDLE:
@@ -700,10 +767,11 @@ def protocol_factory(ctx: TenantContext) -> Callable[[], asyncio.Protocol]:
     """The factory the control plane passes to loop.create_server for one tenant's listener."""
     tune_malloc()  # once per process: large body buffers are reused instead of re-faulted
 
-    def make() -> asyncio.Protocol:
+    def make() -> ProxyProtocol:
         return ProxyProtocol(ctx)
 
-    return make
+    # ProxyProtocol is duck-typed (no asyncio.Protocol base: see upstream.UpstreamPool._open).
+    return cast(Callable[[], asyncio.Protocol], make)
 
 
-__all__ = ["ProxyProtocol", "TenantPolicy", "protocol_factory"]
+__all__ = ["Exchange", "ProxyProtocol", "protocol_factory"]

@@ -4,10 +4,12 @@ A pool belongs to exactly one tenant (its upstream and its netns identity): tena
 spaces overlap, so 127.0.0.1:9000 dialled from tenant A's netns is not the same server as from
 tenant B's. Pools are never shared.
 
-The connection parses responses with httptools and hands them to its `sink` (the client-side
-protocol in http.py) through a handful of methods: upstream_head, upstream_body, upstream_done,
-upstream_failed, upstream_lost, upstream_tunnel_start/data/closed, flush. Between requests it
-sits idle in the pool, where an unexpected byte or close simply drops it.
+A connection serves one exchange at a time (nsproxy never pipelines upstream) and reports the
+response to it through the `UpstreamSink` methods. It stays attached to the client connection that
+took it, across that client's keep-alive requests, and goes back to the pool when the client
+connection closes. Responses are validated by llhttp; the head is taken as raw bytes (no Python
+callback per header) and handed over whole. Any byte the upstream sends that no request asked for
+makes the connection unusable: it is closed, never reused.
 """
 
 from __future__ import annotations
@@ -17,21 +19,65 @@ import contextlib
 import ipaddress
 import socket
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
 
 from .. import netns
-from ..model import Tenant, Upstream
+from ..model import Upstream
+from .fdbudget import FdBudget
 from .flow_control import HIGH_WATER, LOW_WATER, PEER_BACKPRESSURE, ReadGate
 from .lazytimer import LazyTimer
 
+if TYPE_CHECKING:
+    from .context import TenantContext
+
 MAX_IDLE_PER_POOL = 128  # idle keep-alive connections kept per tenant
 POOL_IDLE_TIMEOUT = 30.0  # seconds an idle pooled connection is kept (below common upstream keepalive)
+MAX_RESPONSE_HEAD = 64 * 1024  # bytes; a longer response head is a bad response
 
 
-class UpstreamConnection(LazyTimer, asyncio.Protocol):
-    """One connection to the upstream; serves one request at a time for one sink."""
+class UpstreamSink(Protocol):
+    """What a connection tells the exchange it serves (implemented by http.Exchange).
+
+    Body bytes do not go through a method call each: the connection appends them to `out` (the
+    client's output, written once per read by `upstream_flush`), re-chunked when `upstream_head`
+    asked for it.
+    """
+
+    client_gate: ReadGate | None  # paused while the upstream's write buffer is full
+    out: list[bytes]  # the client connection's pending output
+
+    def upstream_interim(self, raw: bytes) -> None:
+        """A 1xx head other than 101 (raw, without its final CRLF CRLF)."""
+
+    def upstream_head(self, status: int, raw: bytes) -> bool:
+        """The final response head (raw, without its final CRLF CRLF); True: re-chunk the body."""
+
+    def upstream_flush(self) -> None:
+        """The end of one read: write what the read produced to the client, in one write."""
+
+    def upstream_done(self, keep_alive: bool, body_bytes: int) -> None:
+        """The response is complete; `keep_alive`: the connection may serve another request."""
+
+    def upstream_failed(self, reason: str) -> None:
+        """A bad response or a read timeout; the connection is already aborted."""
+
+    def upstream_lost(self, conn: UpstreamConnection, exc: Exception | None) -> None:
+        """The connection closed while serving the exchange."""
+
+    def upstream_switched(self, conn: UpstreamConnection, rest: bytes) -> None:
+        """A 101 head was parsed; `rest` is what followed it in the same read (tunnel data)."""
+
+
+class UpstreamOwner(Protocol):
+    """The client connection an upstream connection is attached to between its requests."""
+
+    def upstream_gone(self, conn: UpstreamConnection) -> None: ...
+
+
+class UpstreamConnection(LazyTimer):
+    """One connection to the upstream; serves one exchange at a time."""
 
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
@@ -39,54 +85,67 @@ class UpstreamConnection(LazyTimer, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.gate: ReadGate | None = None
         self.parser = httptools.HttpResponseParser(self)
-        self.sink: Any = None  # the client protocol while a request is in flight
-        self.served = 0  # responses completed on this connection (>0: it came from the pool)
-        self.tunnel = False
-        self.got_bytes = False  # any response byte for the current request
+        self.sink: UpstreamSink | None = None  # the exchange in flight
+        self.owner: UpstreamOwner | None = None  # the client connection holding it (None: pooled)
+        self.served = 0  # responses completed on this connection (>0: it is being reused)
+        self.got_bytes = False  # any response byte for the current exchange
         self.idle_since = 0.0
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._reason = b""
+        self.closed = False
+        self._data = b""  # the read being parsed (the head is sliced out of it)
+        self._pending = b""  # bytes of a head that started in an earlier read
+        self._head_from = 0  # where the next head starts in the buffer being parsed
+        self._awaiting_head = False
         self._status = 0
         self._complete = False
+        self._extra = False  # bytes beyond the response: never reuse
         self._keep_alive = False
+        self._rechunk = False
+        self._out: list[bytes] = []
+        self._body_bytes = 0
         self._no_body = False
         self._reset_parser = False
         self._read_timeout = 60.0
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
-        self.closed = False
 
     # -- life cycle -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
         self.gate = ReadGate(transport)
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        was_idle = self.owner is None and self.sink is None and not self.closed
         self.closed = True
-        self.parser = None  # break the connection <-> parser cycle
-        self.pool.forget(self)
+        self.parser = None  # type: ignore[assignment]  # break the connection <-> parser cycle
+        self.pool.forget(self, was_idle)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        sink = self.sink
+        sink, owner = self.sink, self.owner
+        self.sink = self.owner = None
         if sink is not None:
-            self.sink = None
-            if self.tunnel:
-                sink.upstream_tunnel_closed()
-            else:
-                sink.upstream_lost(self, exc)
+            sink.upstream_lost(self, exc)
+        elif owner is not None:
+            owner.upstream_gone(self)
 
-    def bind(self, sink: Any, *, no_body: bool, read_timeout: float) -> None:
-        """Start serving one request for `sink` (the head is written by the caller)."""
+    def usable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+    def bind(self, sink: UpstreamSink, *, no_body: bool, read_timeout: float) -> None:
+        """Start serving one exchange for `sink` (the head is written by the caller)."""
         self.sink = sink
+        self._out = sink.out
         self.got_bytes = False
         self._no_body = no_body
-        self._complete = False
+        self._awaiting_head = True
+        self._body_bytes = 0
         self._read_timeout = read_timeout
         self._last = now = self.loop.time()
-        self._arm(now + read_timeout)
+        at = now + read_timeout
+        if self._timer is None or at < self._timer_at:
+            self._arm(at)
 
     def write(self, data: bytes) -> None:
         self._last = self.loop.time()
@@ -98,101 +157,149 @@ class UpstreamConnection(LazyTimer, asyncio.Protocol):
 
     def abort(self) -> None:
         """Drop the connection (the exchange it served went wrong); never reused."""
-        self.sink = None
+        self.sink = self.owner = None
         self.closed = True
         if self.transport is not None:
             self.transport.abort()
 
     def close(self) -> None:
-        self.sink = None
+        self.sink = self.owner = None
         self.closed = True
         if self.transport is not None:
             self.transport.close()
 
     # -- flow control ---------------------------------------------------------------------
     def pause_writing(self) -> None:
-        if self.sink is not None:
-            self.sink.gate.pause(PEER_BACKPRESSURE)
+        sink = self.sink
+        if sink is not None and sink.client_gate is not None:
+            sink.client_gate.pause(PEER_BACKPRESSURE)
 
     def resume_writing(self) -> None:
-        if self.sink is not None:
-            self.sink.gate.resume(PEER_BACKPRESSURE)
+        sink = self.sink
+        if sink is not None and sink.client_gate is not None:
+            sink.client_gate.resume(PEER_BACKPRESSURE)
 
     # -- reading --------------------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
         sink = self.sink
-        if sink is None:  # bytes on an idle connection: the stream is out of step, drop it
+        if sink is None:  # bytes no request asked for: the stream is out of step, drop it
             self.abort()
             return
         self._last = self.loop.time()
-        if self.tunnel:
-            sink.upstream_tunnel_data(data)
-            return
         self.got_bytes = True
+        self._data = data
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self.tunnel = True
-            sink.upstream_tunnel_start(data[exc.args[0] :])
-            return
+            if self._complete:
+                self._extra = True
+            else:
+                self._switched(data[exc.args[0] :])
+                return
         except httptools.HttpParserError:
-            self._fail("bad_response")
+            if not self._complete:  # after a complete response: extra bytes, handled below
+                self._fail("bad_response")
+                return
+            self._extra = True
+        if self.sink is None:  # the exchange gave up on this connection while parsing
             return
-        if self._complete:
-            self._finish()
-        else:
-            sink.flush()
+        if self._complete:  # the response is over: the exchange ends (inlined: once per request)
+            self._complete = False
+            extra, self._extra = self._extra, False
+            self._head_from = 0
+            if self._reset_parser:
+                self._reset_parser = False
+                self.parser = httptools.HttpResponseParser(self)
+            self.served += 1
+            self.sink = None
+            sink.upstream_done(self._keep_alive and not extra, self._body_bytes)
+            return
+        if self._awaiting_head:
+            # A head is still incomplete: keep its bytes for the next read (bounded).
+            buf = self._pending + data if self._pending else data
+            self._pending = buf[self._head_from :]
+            if len(self._pending) > MAX_RESPONSE_HEAD:
+                self._fail("bad_response")
+                return
+        self._head_from = 0
+        sink.upstream_flush()
 
     def eof_received(self) -> bool | None:
         return None  # close; connection_lost tells the sink (close-delimited bodies end here)
 
     def on_message_begin(self) -> None:
-        if self._complete:  # a second response in one read: not ours, never reuse
-            self._keep_alive = False
-        self._headers = []
-        self._reason = b""
+        if self._complete or (self._no_body and not self._awaiting_head):
+            self._extra = True  # a second response, or a body after a HEAD response
 
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+    def _head(self) -> bytes | None:
+        """The raw head just parsed, without its final CRLF CRLF (llhttp validated it)."""
+        buf = self._pending + self._data if self._pending else self._data
+        start = self._head_from
+        size = len(buf)
+        while start < size and buf[start] in b"\r\n":  # llhttp skips empty lines before a message
+            start += 1
+        end = buf.find(b"\r\n\r\n", start)
+        if end < 0:
+            return None
+        self._head_from = end + 4 - len(self._pending)  # offsets continue in this read's bytes
+        self._pending = b""
+        return buf[start:end]
 
     def on_headers_complete(self) -> None:
-        if self._complete:
+        if self._complete or not self._awaiting_head:
             return
+        sink = self.sink
+        data = self._data
+        if not self._pending and not self._head_from and data.startswith(b"HTTP/"):
+            end = data.find(b"\r\n\r\n")  # nearly always: the head is at the start of this read
+            raw = data[:end] if end > 0 else None
+            self._head_from = end + 4
+        else:
+            raw = self._head()
+        if raw is None or sink is None:
+            raise httptools.HttpParserError("response head not found")
         status = self._status = self.parser.get_status_code()
-        self.sink.upstream_head(status, self._reason, self._headers)
+        if status < 200 and status != 101:
+            sink.upstream_interim(raw)  # another head follows
+            return
+        self._awaiting_head = False
+        self._rechunk = sink.upstream_head(status, raw)
         if status >= 200 and self._no_body:
-            # httptools cannot be told "this answers a HEAD": end the message here and give
-            # the next response a fresh parser.
+            # httptools cannot be told "this answers a HEAD": end the message here and give the
+            # next response a fresh parser.
             self._keep_alive = self.parser.should_keep_alive()
             self._complete = True
             self._reset_parser = True
 
     def on_body(self, body: bytes) -> None:
-        if not self._complete:
-            self.sink.upstream_body(body)
+        if self._complete:
+            self._extra = True
+        elif self.sink is not None:
+            self._body_bytes += len(body)
+            if self._rechunk:
+                self._out += (b"%x\r\n" % len(body), body, b"\r\n")
+            else:
+                self._out.append(body)
 
     def on_message_complete(self) -> None:
-        if self._status >= 200 and not self._complete:
+        if self._status >= 200 and not self._complete and not self._awaiting_head:
             self._keep_alive = self.parser.should_keep_alive()
             self._complete = True
-
-    def _finish(self) -> None:
-        self._complete = False
-        if self._reset_parser:
-            self._reset_parser = False
-            self.parser = httptools.HttpResponseParser(self)
-        self.served += 1
-        sink = self.sink
-        sink.upstream_done(self, self._keep_alive)
 
     def _fail(self, reason: str) -> None:
         sink = self.sink
         self.abort()
         if sink is not None:
-            sink.upstream_failed(self, reason)
+            sink.upstream_failed(reason)
+
+    def _switched(self, rest: bytes) -> None:
+        sink = self.sink
+        self.sink = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if sink is not None:
+            sink.upstream_switched(self, rest)
 
     # -- timers (one lazy timer: read timeout while busy, idle expiry while pooled) --------
     def _on_timer(self) -> None:
@@ -200,18 +307,17 @@ class UpstreamConnection(LazyTimer, asyncio.Protocol):
         if self.closed:
             return
         now = self.loop.time()
-        if self.sink is None:  # idle in the pool
-            deadline = self.idle_since + self.pool.idle_timeout
-            if now >= deadline:
-                self.pool.forget(self)
-                self.close()
-            else:
-                self._arm(deadline)
-            return
-        if self.tunnel:
-            return
-        if self.gate is not None and self.gate.reasons:  # the client is slow, not the upstream
-            self._last = now
+        if self.sink is None:
+            if self.owner is None:  # idle in the pool
+                deadline = self.idle_since + self.pool.idle_timeout
+                if now >= deadline:
+                    self.pool.forget(self, True)
+                    self.close()
+                else:
+                    self._arm(deadline)
+            return  # attached to an idle client: its idle timeout applies
+        if self.gate is not None and self.gate.reasons & PEER_BACKPRESSURE:
+            self._last = now  # reading is paused because the client is slow, not the upstream
         deadline = self._last + self._read_timeout
         if now >= deadline:
             self._fail("timeout")
@@ -220,7 +326,7 @@ class UpstreamConnection(LazyTimer, asyncio.Protocol):
 
     def park(self) -> None:
         """Called by the pool when the connection goes idle."""
-        self.sink = None
+        self.sink = self.owner = None
         self.idle_since = now = self.loop.time()
         if self.gate is not None and self.gate.reasons:
             self.gate.resume(PEER_BACKPRESSURE)
@@ -242,6 +348,7 @@ class UpstreamPool:
         upstream: Upstream,
         netns_path: str | None,
         *,
+        budget: FdBudget,
         loop: asyncio.AbstractEventLoop | None = None,
         max_idle: int = MAX_IDLE_PER_POOL,
         idle_timeout: float = POOL_IDLE_TIMEOUT,
@@ -249,25 +356,23 @@ class UpstreamPool:
         self.upstream = upstream
         self.netns_path = netns_path  # None: the host netns
         self.netns_identity = netns.identity(netns_path) if netns_path is not None else None
+        self.budget = budget
         self.loop = loop or asyncio.get_running_loop()
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.idle: list[UpstreamConnection] = []
         self.opened = 0  # connections opened over the pool's life (tests and /metrics)
         self.closed = False
-        self.default_host = (
-            upstream.host.encode() + (b":%d" % upstream.port if upstream.port not in (0, 80) else b"")
-            if upstream.kind == "http"
-            else b"localhost"
-        )
 
     def acquire(self) -> UpstreamConnection | None:
         """An idle connection ready for a request, or None (then call connect())."""
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if not conn.closed and not conn.transport.is_closing():  # type: ignore[union-attr]
+            self.budget.idle -= 1
+            if conn.usable():
                 return conn
+            conn.close()
         return None
 
     async def connect(self, timeout: float) -> UpstreamConnection:
@@ -277,12 +382,16 @@ class UpstreamPool:
         self.opened += 1
         return conn
 
-    async def _open(self, factory: Callable[[], UpstreamConnection]) -> tuple[asyncio.Transport, UpstreamConnection]:
+    async def _open(self, make: Callable[[], UpstreamConnection]) -> tuple[asyncio.BaseTransport, UpstreamConnection]:
         # The seam for HTTPS upstreams: pass ssl=/server_hostname= to the create_* calls here.
+        # The protocol classes do not subclass asyncio.Protocol (the loop only calls their methods;
+        # a compiled native class cannot have a Python base), hence the cast for the type checker.
+        factory = cast(Callable[[], asyncio.Protocol], make)
         up = self.upstream
         loop = self.loop
         if up.kind == "unix":
-            return await loop.create_unix_connection(factory, up.path)  # type: ignore[return-value]
+            transport, conn = await loop.create_unix_connection(factory, up.path)
+            return transport, cast(UpstreamConnection, conn)
         if up.from_ns == "tenant" and self.netns_path is not None:
             sock = netns.socket_in(self.netns_path, _family_of(up.host))
             try:
@@ -292,32 +401,41 @@ class UpstreamPool:
             except BaseException:
                 sock.close()
                 raise
-            return await loop.create_connection(factory, sock=sock)  # type: ignore[return-value]
-        return await loop.create_connection(factory, up.host, up.port)  # type: ignore[return-value]
+            transport, conn = await loop.create_connection(factory, sock=sock)
+            return transport, cast(UpstreamConnection, conn)
+        transport, conn = await loop.create_connection(factory, up.host, up.port)
+        return transport, cast(UpstreamConnection, conn)
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:
-        """The request on `conn` is over: keep it for the next one, or close it."""
-        if not reusable or self.closed or conn.closed or len(self.idle) >= self.max_idle:
+        """The client holding `conn` is done with it: keep it for the next client, or close it."""
+        if not reusable or self.closed or not conn.usable() or len(self.idle) >= self.max_idle:
+            conn.close()
+            return
+        if not self.budget.may_pool():
             conn.close()
             return
         conn.park()
         self.idle.append(conn)
+        self.budget.idle += 1
 
-    def forget(self, conn: UpstreamConnection) -> None:
-        with contextlib.suppress(ValueError):
-            self.idle.remove(conn)
+    def forget(self, conn: UpstreamConnection, was_idle: bool) -> None:
+        if was_idle:
+            with contextlib.suppress(ValueError):
+                self.idle.remove(conn)
+                self.budget.idle -= 1
 
     def close(self) -> None:
-        """Close idle connections; busy ones close when their request ends."""
+        """Close idle connections; busy ones close when their client is done."""
         self.closed = True
         idle, self.idle = self.idle, []
+        self.budget.idle -= len(idle)
         for conn in idle:
             conn.close()
 
 
-def pool_for(ctx: Any) -> UpstreamPool:
+def pool_for(ctx: TenantContext) -> UpstreamPool:
     """The tenant's pool, rebuilt when its upstream or namespace changed (e.g. on reload)."""
-    tenant: Tenant = ctx.tenant
+    tenant = ctx.tenant
     pool: UpstreamPool | None = ctx.pool
     ns_path = tenant.netns.path if tenant.upstream.kind == "http" and tenant.upstream.from_ns == "tenant" else None
     if (
@@ -330,7 +448,7 @@ def pool_for(ctx: Any) -> UpstreamPool:
         return pool
     if pool is not None:
         pool.close()
-    pool = ctx.pool = UpstreamPool(tenant.upstream, ns_path)
+    pool = ctx.pool = UpstreamPool(tenant.upstream, ns_path, budget=ctx.budget)
     return pool
 
 
