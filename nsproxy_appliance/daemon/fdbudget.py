@@ -55,6 +55,11 @@ class FdBudget:
         self.usable = self.headroom = self.general = self.quiet_share = 0
         self.set_listeners(listeners)
 
+    def set_limit(self, limit: int) -> None:
+        """The process's fd limit changed (raised at start): recompute the budget."""
+        self.limit = limit
+        self.set_listeners(self.listeners)
+
     def set_listeners(self, listeners: int) -> None:
         """Recompute the budget for `listeners` open listening sockets (after start and each reload)."""
         self.listeners = listeners

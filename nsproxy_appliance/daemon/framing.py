@@ -64,12 +64,13 @@ REASONS = {
     505: b"HTTP Version Not Supported",
 }
 
-_STATUS_LINES: dict[int, bytes] = {}
+_ERROR_RESPONSES: dict[tuple[int, bool], bytes] = {}
 
 
-def error_response(status: int) -> bytes:
-    """A small complete plain-text response that closes the connection."""
-    cached = _STATUS_LINES.get(status)
+def error_response(status: int, *, head_only: bool = False) -> bytes:
+    """A small complete plain-text response that closes the connection (no body for a HEAD)."""
+    key = (status, head_only)
+    cached = _ERROR_RESPONSES.get(key)
     if cached is not None:
         return cached
     reason = REASONS.get(status, b"Error")
@@ -80,9 +81,9 @@ def error_response(status: int) -> bytes:
         reason,
         len(body),
         extra,
-        body,
+        b"" if head_only else body,
     )
-    _STATUS_LINES[status] = response
+    _ERROR_RESPONSES[key] = response
     return response
 
 

@@ -25,12 +25,13 @@ from typing import cast
 
 import httptools
 
+from ..model import Listen
 from .context import TenantContext, TenantPolicy
 from .flow_control import CONNECTING, HIGH_WATER, LOW_WATER, PEER_BACKPRESSURE, PIPELINE, ReadGate, tune_malloc
 from .framing import LAST_CHUNK, BodyMode, chunk, error_response
 from .lazytimer import LazyTimer
 from .request_head import Peer, Refused, rewrite_request
-from .response_head import BadResponse, ResponseHead, interim_head, rewrite_response
+from .response_head import BadResponse, interim_head, rewrite_response
 from .tunnel import Tunnel
 from .upstream import UpstreamConnection, UpstreamPool, pool_for
 
@@ -52,6 +53,8 @@ class _NoParser:
 
 _DEAD_PARSER = _NoParser()
 _NO_PEER = Peer("0.0.0.0", 0)
+_WILDCARDS = frozenset({"0.0.0.0", "::"})
+_NO_HEADERS: list[tuple[bytes, bytes]] = []  # an exchange past its head (never appended to: see on_header)
 
 
 class Exchange:
@@ -76,7 +79,8 @@ class Exchange:
     retried: bool = False
     status: int = 0
     resp_bytes: int = 0
-    resp_started: bool = False
+    resp_started: bool = False  # the final response head was taken (it may still sit in the output)
+    resp_flushed: bool = False  # and part of the response has been written to the client
     resp_keep_alive: bool = True
     mode: int = 0  # a BodyMode
     until_eof: bool = False
@@ -103,9 +107,10 @@ class Exchange:
         keep_alive = self.keep_alive and not proto._draining and not self.websocket
         bodiless = self.method == b"HEAD"
         flags = self.http11 + 2 * keep_alive + 4 * bodiless
-        cached = proto._resp
-        if cached is not None and raw == proto._resp_raw and flags == proto._resp_flags:
-            resp = cached  # the same head as the last one: an upstream repeats itself
+        up = proto._up
+        cache = up.head_cache if up is not None else None
+        if cache is not None and raw == cache[0] and flags == cache[1]:
+            resp = cache[2]  # the same head as this connection's last one: upstreams repeat themselves
         else:
             try:
                 resp = rewrite_response(
@@ -114,7 +119,8 @@ class Exchange:
             except BadResponse:
                 proto._upstream_error(self, "bad_response", 502)
                 return False
-            proto._resp_raw, proto._resp_flags, proto._resp = raw, flags, resp
+            if up is not None:
+                up.head_cache = (raw, flags, resp)
         if status == 101:
             if (resp.upgrade or b"").strip(b" \t").lower() != b"websocket":
                 proto._upstream_error(self, "bad_upgrade", 502)
@@ -132,6 +138,8 @@ class Exchange:
         return mode == _CHUNKED
 
     def upstream_flush(self) -> None:
+        if self.resp_started:
+            self.resp_flushed = True
         self.proto.flush()
 
     def upstream_done(self, keep_alive: bool, body_bytes: int) -> None:
@@ -160,10 +168,11 @@ class Exchange:
 class ProxyProtocol(LazyTimer):
     """One client connection of one tenant."""
 
-    def __init__(self, ctx: TenantContext, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(self, ctx: TenantContext, loop: asyncio.AbstractEventLoop, listen: Listen | None = None) -> None:
         self.ctx = ctx
         self.counters = ctx.counters
-        self.loop = loop or asyncio.get_running_loop()  # a fake one in the socket-free tests
+        self.loop = loop  # a fake one in the socket-free tests
+        self.listen = listen  # the listener's address when the control plane gave it (saves getsockname)
         self.transport: asyncio.Transport | None = None
         self.gate: ReadGate | None = None
         self.parser: httptools.HttpRequestParser | _NoParser = httptools.HttpRequestParser(self)
@@ -187,10 +196,7 @@ class ProxyProtocol(LazyTimer):
         self._timer_at = 0.0
         self._held: list[bytes] | None = None  # bytes after a WebSocket upgrade request
         self._held_bytes = 0
-        self._deferred: tuple[int, str] | None = None
-        self._resp_raw = b""  # the last response head rewritten for this client, and the result
-        self._resp_flags = -1
-        self._resp: ResponseHead | None = None
+        self._deferred: tuple[int, str, bool] | None = None  # a bad pipelined request: status, reason, HEAD
         self._write_paused = False
         self._draining = False
         self._closing = False
@@ -202,9 +208,9 @@ class ProxyProtocol(LazyTimer):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
         ctx, counters = self.ctx, self.counters
-        limits = ctx.tenant.limits
+        policy = ctx.policy
         active = counters.active_connections
-        if active >= limits.max_connections or not ctx.budget.admit(active):
+        if active >= policy.max_connections or not ctx.budget.admit(active):
             # Only this tenant's counter (and the process-wide fd budget) is consulted.
             counters.rejected_connections += 1
             self._rejected = self._closing = True
@@ -218,13 +224,17 @@ class ProxyProtocol(LazyTimer):
         self.gate = ReadGate(transport)
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         peer = transport.get_extra_info("peername")
-        local = transport.get_extra_info("sockname")
-        if isinstance(peer, tuple) and isinstance(local, tuple):
+        listen = self.listen
+        if listen is None or listen.host in _WILDCARDS:
+            local = transport.get_extra_info("sockname")
+            if isinstance(local, tuple):
+                listen = Listen(local[0], local[1])
+        if isinstance(peer, tuple) and listen is not None:
             self.client = peer[0]
-            self.peer = Peer.of(peer[0], local[1])
-            self.default_host = (f"[{local[0]}]:{local[1]}" if ":" in local[0] else f"{local[0]}:{local[1]}").encode()
+            self.peer = Peer.of(peer[0], listen.port)
+            self.default_host = str(listen).encode()
         self._phase_since = now = self.loop.time()
-        self._arm(now + limits.header_timeout)
+        self._arm(now + policy.header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = self._closing = True
@@ -330,14 +340,14 @@ class ProxyProtocol(LazyTimer):
         if ex is not None and not ex.head and not self._closing:
             # A head is still incomplete. If it was already under way, or no message was, this
             # whole read is head bytes (httptools buffers them internally, so bound them here).
-            limits = self.ctx.tenant.limits
+            policy = self.ctx.policy
             if before is None or before is ex:
                 self._head_raw += len(data)
-                if self._head_raw > limits.max_header_bytes:
+                if self._head_raw > policy.max_header_bytes:
                     self._parse_error(431, "request head too large")
                     return
             if self._phase == _HEAD:
-                self._arm(self._phase_since + limits.header_timeout)
+                self._arm(self._phase_since + policy.header_timeout)
 
     def _version_in_read(self) -> bytes | None:
         """The HTTP version of the head just parsed, read off the request line when this read began
@@ -364,7 +374,8 @@ class ProxyProtocol(LazyTimer):
         # the exchange, or continues a URL split across reads.
         ex = self._parsing
         if ex is None:
-            self._parsing = Exchange(self, url)
+            self._parsing = ex = Exchange(self, url)
+            ex.method = self.parser.get_method()  # type: ignore[union-attr]  # known once the URL starts
             self._head_raw = 0
         else:
             ex.url += url
@@ -385,22 +396,21 @@ class ProxyProtocol(LazyTimer):
                 if version != b"1.0":
                     raise Refused(505, f"HTTP version {version.decode()} not supported")
                 ex.http11 = False
-        ex.method = method = parser.get_method()
+        method = ex.method
         if method == b"CONNECT":
             raise Refused(405, "CONNECT is not supported")
         ex.keep_alive = parser.should_keep_alive()
         policy = self.ctx.policy
-        limits = policy.limits
         headers = ex.headers
-        if self._head_raw + self._read_len > limits.max_header_bytes and (
-            len(ex.url) + sum(len(n) + len(v) + 4 for n, v in headers) > limits.max_header_bytes
+        if self._head_raw + self._read_len > policy.max_header_bytes and (
+            len(ex.url) + sum(len(n) + len(v) + 4 for n, v in headers) > policy.max_header_bytes
         ):  # (a head that came in reads smaller than the limit cannot be over it)
             raise Refused(431, "request head too large")
         head = rewrite_request(
             method, ex.url, headers, policy.request, self.peer, http11=ex.http11, default_host=self.default_host
         )
         length = head.content_length
-        if length is not None and length > limits.max_body_bytes:
+        if length is not None and length > policy.max_body_bytes:
             raise Refused(413, "request body too large")
         if parser.should_upgrade() and not head.websocket and (head.chunked or length):
             # llhttp reads no body after an upgrade request: one it is not switching for must not have one.
@@ -411,7 +421,7 @@ class ProxyProtocol(LazyTimer):
             ex.chunked = head.chunked
         if head.websocket:
             ex.websocket = True
-        del ex.headers  # no longer needed: free them early
+        ex.headers = _NO_HEADERS  # no longer needed: free them early
         self._last_parsed = ex
         if self._active is None:
             self._start(ex)
@@ -426,7 +436,7 @@ class ProxyProtocol(LazyTimer):
         ex = self._parsing
         assert ex is not None
         ex.body_bytes += len(body)
-        if ex.body_bytes > self.ctx.policy.limits.max_body_bytes:
+        if ex.body_bytes > self.ctx.policy.max_body_bytes:
             raise Refused(413, "request body too large")
         if ex.sent:
             up = self._up
@@ -461,7 +471,7 @@ class ProxyProtocol(LazyTimer):
             # A later pipelined request is bad: answer the ones before it first.
             if parsing is not None and self._queue and parsing in self._queue:
                 self._queue.remove(parsing)  # its head was fine, its body is not: never send it
-            self._deferred = (status, reason)
+            self._deferred = (status, reason, parsing is not None and parsing.method == b"HEAD")
             self._parsing = None
             self._stop_reading = True
             self.gate.pause(PIPELINE)  # type: ignore[union-attr]
@@ -476,7 +486,7 @@ class ProxyProtocol(LazyTimer):
             self._phase = _BUSY
         else:
             self._phase = _BODY
-            ex.body_deadline = self.loop.time() + policy.limits.body_timeout
+            ex.body_deadline = self.loop.time() + policy.body_timeout
             self._arm(ex.body_deadline)
         pool = policy.pool
         if pool is None or pool.closed or self.ctx.pool is not pool:
@@ -503,7 +513,7 @@ class ProxyProtocol(LazyTimer):
 
     async def _connect(self, pool: UpstreamPool, ex: Exchange, policy: TenantPolicy) -> None:
         try:
-            conn = await pool.connect(policy.limits.connect_timeout)
+            conn = await pool.connect(policy.connect_timeout)
         except TimeoutError:
             self._connecting = None
             self._upstream_error(ex, "connect_timeout", 504)
@@ -526,7 +536,7 @@ class ProxyProtocol(LazyTimer):
         self.gate.resume(CONNECTING)  # type: ignore[union-attr]
 
     def _send(self, ex: Exchange, up: UpstreamConnection, policy: TenantPolicy) -> None:
-        up.bind(ex, no_body=ex.method == b"HEAD", read_timeout=policy.limits.read_timeout)
+        up.bind(ex, no_body=ex.method == b"HEAD", read_timeout=policy.read_timeout)
         if self._write_paused:
             up.gate.pause(PEER_BACKPRESSURE)  # type: ignore[union-attr]
         ex.sent = True
@@ -620,7 +630,7 @@ class ProxyProtocol(LazyTimer):
             return
         self._phase = _IDLE
         self._phase_since = now = self.loop.time()
-        at = now + self.ctx.tenant.limits.idle_timeout
+        at = now + self.ctx.policy.idle_timeout
         if self._timer is None or at < self._timer_at:
             self._arm(at)
 
@@ -638,19 +648,20 @@ class ProxyProtocol(LazyTimer):
             self._start(nxt)
             return
         if self._deferred is not None:
-            self._fail(*self._deferred)
+            status, reason, head_only = self._deferred
+            self._fail(status, reason, head_only=head_only)
             return
         if self._draining:
             self._close()
             return
-        limits = self.ctx.tenant.limits
+        policy = self.ctx.policy
         self._phase_since = now = self.loop.time()
         if self._parsing is None:
             self._phase = _IDLE
-            self._arm(now + limits.idle_timeout)
+            self._arm(now + policy.idle_timeout)
         else:  # a pipelined head is half-read
             self._phase = _HEAD
-            self._arm(now + limits.header_timeout)
+            self._arm(now + policy.header_timeout)
 
     def _record(self, ex: Exchange, status: int) -> None:
         duration = time.perf_counter() - ex.start
@@ -679,7 +690,7 @@ class ProxyProtocol(LazyTimer):
         up, self._up = self._up, None
         if up is not None:
             up.abort()
-        if ex.resp_started:
+        if ex.resp_flushed:
             # Part of the response is already out: truncating is the only honest signal.
             self._active = None
             self._record(ex, ex.status)
@@ -689,14 +700,14 @@ class ProxyProtocol(LazyTimer):
             return
         self._fail(status, reason)
 
-    def _fail(self, status: int, reason: str, *, error: str | None = None) -> None:
+    def _fail(self, status: int, reason: str, *, error: str | None = None, head_only: bool = False) -> None:
         """Answer with a small error response and close the connection."""
         if error is not None:
             self.counters.upstream_error(error)
         if self._closing:
             return
         ex = self._active
-        if ex is not None and ex.resp_started:
+        if ex is not None and ex.resp_flushed:
             self._upstream_error(ex, "client_error", status)  # truncates
             return
         self._closing = True
@@ -717,7 +728,8 @@ class ProxyProtocol(LazyTimer):
         else:
             self.counters.observe(status, 0.0)
         self._out.clear()
-        self._out.append(error_response(status))
+        head_only = head_only or (ex is not None and ex.method == b"HEAD")
+        self._out.append(error_response(status, head_only=head_only))
         self.flush()
         self._close()
 
@@ -763,12 +775,20 @@ def _os_error_reason(exc: OSError) -> str:
     return "connect_error"
 
 
-def protocol_factory(ctx: TenantContext) -> Callable[[], asyncio.Protocol]:
-    """The factory the control plane passes to loop.create_server for one tenant's listener."""
+def protocol_factory(ctx: TenantContext, listen: Listen | None = None) -> Callable[[], asyncio.Protocol]:
+    """The factory the control plane passes to loop.create_server for one tenant's listener.
+
+    `listen`, when given, is the listener's address (the
+    X-Forwarded-Port and the Host of an HTTP/1.0 request without one), so connections need no
+    getsockname() of their own unless the listener is a wildcard address.
+    """
     tune_malloc()  # once per process: large body buffers are reused instead of re-faulted
+    loops: list[asyncio.AbstractEventLoop] = []  # the serving loop, looked up once: it costs a getpid()
 
     def make() -> ProxyProtocol:
-        return ProxyProtocol(ctx)
+        if not loops:
+            loops.append(asyncio.get_running_loop())
+        return ProxyProtocol(ctx, loops[0], listen)
 
     # ProxyProtocol is duck-typed (no asyncio.Protocol base: see upstream.UpstreamPool._open).
     return cast(Callable[[], asyncio.Protocol], make)

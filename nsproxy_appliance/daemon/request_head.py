@@ -178,7 +178,15 @@ class Peer:
 
     @classmethod
     def of(cls, client_ip: str, listen_port: int, proto: bytes = b"http") -> Peer:
-        return cls(client_ip, listen_port, proto)
+        """The shared Peer of a client address and listener port: a client that opens a connection
+        per request reuses the encoded lines and the suffix cache of its earlier connections."""
+        key = (client_ip, listen_port, proto)
+        peer = _PEERS.get(key)
+        if peer is None:
+            if len(_PEERS) >= _PEER_CACHE_MAX:
+                _PEERS.clear()
+            peer = _PEERS[key] = cls(client_ip, listen_port, proto)
+        return peer
 
     def suffix(self, policy: RequestPolicy, host: bytes | None, xff: bytes | None, forwarded: bytes | None) -> bytes:
         """The managed header lines (and the end of the head) for one request."""
@@ -205,6 +213,8 @@ class Peer:
 
 
 _SUFFIX_CACHE_MAX = 16
+_PEER_CACHE_MAX = 4096  # distinct (client, port) pairs remembered; cleared whole when full
+_PEERS: dict[tuple[str, int, bytes], Peer] = {}
 
 
 class RequestHead(NamedTuple):

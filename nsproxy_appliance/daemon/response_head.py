@@ -32,6 +32,7 @@ _HOP_BY_HOP = frozenset(
     }
 )
 _ANY_LINE = re.compile(rb"\r\n([^:\r]+):")
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")  # CTLs but HTAB (RFC 9112 §4: reason-phrase)
 _NOMINATES_NOTHING = frozenset({b"close", b"keep-alive", b"upgrade"})
 HTTP11 = b"HTTP/1.1"
 
@@ -60,6 +61,9 @@ def _cut(raw: bytes, spans: list[tuple[int, int]]) -> list[bytes]:
 def rewrite_response(raw: bytes, status: int, *, client_http11: bool, keep_alive: bool, bodiless: bool) -> ResponseHead:
     """`raw`: the response head as received, without its final CRLF CRLF. `keep_alive`: what the
     client asked for (and the proxy allows). `bodiless`: the request was HEAD."""
+    line_end = raw.find(b"\r\n")
+    if _CONTROL.search(raw, 0, line_end if line_end >= 0 else len(raw)):
+        raise BadResponse("control characters in the status line")  # llhttp lets them pass in the reason
     lower = raw.lower()
     spans: list[tuple[int, int]] = []
     has_length = False

@@ -28,6 +28,7 @@ from ..model import Upstream
 from .fdbudget import FdBudget
 from .flow_control import HIGH_WATER, LOW_WATER, PEER_BACKPRESSURE, ReadGate
 from .lazytimer import LazyTimer
+from .response_head import ResponseHead
 
 if TYPE_CHECKING:
     from .context import TenantContext
@@ -103,6 +104,8 @@ class UpstreamConnection(LazyTimer):
         self._out: list[bytes] = []
         self._body_bytes = 0
         self._no_body = False
+        # the last response head and what it became for the client, by client flags (see http.py)
+        self.head_cache: tuple[bytes, int, ResponseHead] | None = None
         self._reset_parser = False
         self._read_timeout = 60.0
         self._last = 0.0

@@ -198,7 +198,7 @@ class Wire:
         self.pool = FakePool(self.ctx, self.loop)
         self.ctx.pool = self.pool
         self.ctx.policy.pool = self.pool
-        self.proto = ProxyProtocol(self.ctx, loop=self.loop)  # type: ignore[arg-type]
+        self.proto = ProxyProtocol(self.ctx, self.loop)  # type: ignore[arg-type]
         self.client = FakeTransport(self.loop, ("10.0.0.7", 40000), ("127.0.0.1", 8080))
         self.client.protocol = self.proto
         self.proto.connection_made(self.client)  # type: ignore[arg-type]
