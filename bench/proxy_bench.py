@@ -6,7 +6,8 @@ Setup (all on this machine, loopback only):
 - nginx (own temp config, host netns, 127.0.0.1:<free port>) as the upstream, serving a small
   response (/small) and a 1 MiB file (/1m), pinned with wrk to CPU 1;
 - HAProxy from Debian, `bind 127.0.0.1:8081 namespace <ns>`, `http-request set-header` for the
-  tenant header, X-Forwarded-*, server keep-alive (http-reuse always), logs off; pinned to CPU 0;
+  tenant header, X-Forwarded-*, X-Real-IP, Forwarded, X-Request-ID, server keep-alive
+  (http-reuse always), logs off; pinned to CPU 0;
 - the real daemon `nsproxyd --config <runtime config>` (runtime_config.render + write),
   listening on 127.0.0.1:8080 inside the same netns, access log off; pinned to CPU 0;
 - wrk runs inside the netns (`ip netns exec`), pinned to CPU 1.
@@ -211,6 +212,8 @@ frontend tenant
     http-request set-header X-Forwarded-Port %[dst_port]
     http-request set-header X-Real-IP %[src]
     http-request add-header Forwarded "for=%[src];host=\"%[req.hdr(host)]\";proto=http"
+    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    http-request set-header X-Request-ID %[unique-id]
     default_backend upstream
 
 backend upstream

@@ -30,7 +30,7 @@ from .context import TenantContext, TenantPolicy
 from .flow_control import CONNECTING, HIGH_WATER, LOW_WATER, PEER_BACKPRESSURE, PIPELINE, ReadGate, tune_malloc
 from .framing import LAST_CHUNK, BodyMode, chunk, error_response
 from .lazytimer import LazyTimer
-from .request_head import Peer, Refused, rewrite_request
+from .request_head import REQUEST_IDS, Peer, Refused, rewrite_request
 from .response_head import BadResponse, interim_head, rewrite_response
 from .tunnel import Tunnel
 from .upstream import UpstreamConnection, UpstreamPool, pool_for
@@ -85,6 +85,16 @@ class Exchange:
     mode: int = 0  # a BodyMode
     until_eof: bool = False
     switch_head: bytes = b""
+    request_id: bytes = b""  # the X-Request-ID nsproxy sent
+    # what the access log adds (filled only while it is on)
+    host: bytes | None = None
+    user_agent: bytes | None = None
+    client_request_id: bytes | None = None
+    upstream_status: int = 0  # the upstream's final status; 0: nsproxy answered itself
+    sent_at: float = 0.0
+    connect_time: float = -1.0  # seconds to open a new upstream connection; -1: an attached one
+    first_byte_time: float = -1.0  # seconds from sending the head to the response head
+    termination: str = ""  # why the exchange ended otherwise than complete ("" = complete)
 
     def __init__(self, proto: ProxyProtocol, url: bytes) -> None:
         self.proto = proto
@@ -101,6 +111,9 @@ class Exchange:
 
     def upstream_head(self, status: int, raw: bytes) -> bool:
         proto = self.proto
+        if proto._logging:
+            self.upstream_status = status
+            self.first_byte_time = time.perf_counter() - self.sent_at
         if status == 101 and not self.websocket:
             proto._upstream_error(self, "unsolicited_101", 502)
             return False
@@ -201,6 +214,9 @@ class ProxyProtocol(LazyTimer):
         self._draining = False
         self._closing = False
         self._stop_reading = False  # a bad pipelined request was seen: read nothing more
+        self._logging = ctx.access_log is not None  # the access log's extra fields are gathered
+        self.client_port = 0
+        self.listen_label = "-"
         self._rejected = False
         self.closed = False
 
@@ -231,8 +247,10 @@ class ProxyProtocol(LazyTimer):
                 listen = Listen(local[0], local[1])
         if isinstance(peer, tuple) and listen is not None:
             self.client = peer[0]
+            self.client_port = peer[1]
             self.peer = Peer.of(peer[0], listen.port)
-            self.default_host = str(listen).encode()
+            self.listen_label = str(listen)
+            self.default_host = self.listen_label.encode()
         self._phase_since = now = self.loop.time()
         self._arm(now + policy.header_timeout)
 
@@ -259,6 +277,7 @@ class ProxyProtocol(LazyTimer):
                 up.pool.release(up, True)
         if ex is not None:
             self._active = None
+            ex.termination = "client_closed"
             self._record(ex, ex.status if ex.resp_started else _CLIENT_CLOSED)
 
     def eof_received(self) -> bool | None:
@@ -406,9 +425,21 @@ class ProxyProtocol(LazyTimer):
             len(ex.url) + sum(len(n) + len(v) + 4 for n, v in headers) > policy.max_header_bytes
         ):  # (a head that came in reads smaller than the limit cannot be over it)
             raise Refused(431, "request head too large")
+        ex.request_id = request_id = REQUEST_IDS.next()
         head = rewrite_request(
-            method, ex.url, headers, policy.request, self.peer, http11=ex.http11, default_host=self.default_host
+            method,
+            ex.url,
+            headers,
+            policy.request,
+            self.peer,
+            http11=ex.http11,
+            default_host=self.default_host,
+            request_id=request_id,
         )
+        if self._logging:
+            ex.host = head.host
+            ex.client_request_id = head.client_request_id
+            ex.user_agent = next((v for n, v in headers if n.lower() == b"user-agent"), None)
         length = head.content_length
         if length is not None and length > policy.max_body_bytes:
             raise Refused(413, "request body too large")
@@ -512,8 +543,10 @@ class ProxyProtocol(LazyTimer):
         self._connecting = self.loop.create_task(self._connect(pool, ex, policy))
 
     async def _connect(self, pool: UpstreamPool, ex: Exchange, policy: TenantPolicy) -> None:
+        began = time.perf_counter()
         try:
             conn = await pool.connect(policy.connect_timeout)
+            ex.connect_time = time.perf_counter() - began
         except TimeoutError:
             self._connecting = None
             self._upstream_error(ex, "connect_timeout", 504)
@@ -537,6 +570,8 @@ class ProxyProtocol(LazyTimer):
 
     def _send(self, ex: Exchange, up: UpstreamConnection, policy: TenantPolicy) -> None:
         up.bind(ex, no_body=ex.method == b"HEAD", read_timeout=policy.read_timeout)
+        if self._logging:
+            ex.sent_at = time.perf_counter()
         if self._write_paused:
             up.gate.pause(PEER_BACKPRESSURE)  # type: ignore[union-attr]
         ex.sent = True
@@ -670,23 +705,43 @@ class ProxyProtocol(LazyTimer):
             self._log(ex, status, duration)
 
     def _log(self, ex: Exchange, status: int, duration: float) -> None:
+        """One access log record: what Envoy's, nginx's and HAProxy's JSON logs carry."""
         log = self.ctx.access_log
-        if log is not None:
-            log(
-                {
-                    "tenant": self.ctx.tenant.name,
-                    "client": self.client,
-                    "method": ex.method.decode("latin-1"),
-                    "path": ex.url.decode("latin-1"),
-                    "status": status,
-                    "bytes": ex.resp_bytes,
-                    "duration": round(duration, 6),
-                    "upstream": self.ctx.policy.upstream_label,
-                }
-            )
+        if log is None:
+            return
+        tenant = self.ctx.tenant
+        up = self._up
+        log(
+            {
+                "tenant": tenant.name,
+                "tenant_id": tenant.tenant_id,  # as sent in the tenant header
+                "request_id": ex.request_id.decode(),
+                "client_request_id": _text(ex.client_request_id),  # the client's own X-Request-ID
+                "client": self.client,
+                "client_port": self.client_port,
+                "listener": self.listen_label,
+                "http_version": "1.1" if ex.http11 else "1.0",
+                "method": ex.method.decode("latin-1"),
+                "path": ex.url.decode("latin-1"),
+                "host": _text(ex.host),
+                "user_agent": _text(ex.user_agent),
+                "status": status,
+                "request_bytes": ex.body_bytes,
+                "response_bytes": ex.resp_bytes,
+                "bytes": ex.resp_bytes,  # kept for older log readers: same as response_bytes
+                "duration": round(duration, 6),
+                "upstream": self.ctx.policy.upstream_label,
+                "upstream_address": up.peer_label if up is not None else None,
+                "upstream_status": ex.upstream_status or None,
+                "upstream_connect_time": round(ex.connect_time, 6) if ex.connect_time >= 0 else None,
+                "upstream_first_byte_time": round(ex.first_byte_time, 6) if ex.first_byte_time >= 0 else None,
+                "termination": ex.termination or "complete",
+            }
+        )
 
     def _upstream_error(self, ex: Exchange, reason: str, status: int) -> None:
         self.counters.upstream_error(reason)
+        ex.termination = f"upstream_{reason}"
         up, self._up = self._up, None
         if up is not None:
             up.abort()
@@ -724,6 +779,8 @@ class ProxyProtocol(LazyTimer):
         self._active = self._parsing = None
         if ex is not None:
             ex.status = status
+            if not ex.termination:
+                ex.termination = f"refused: {reason}"
             self._record(ex, status)
         else:
             self.counters.observe(status, 0.0)
@@ -765,6 +822,10 @@ class ProxyProtocol(LazyTimer):
             self._close()
         else:  # slowloris: the head (or its first byte) did not arrive in time
             self._fail(408, "request head not complete within header timeout")
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("latin-1")
 
 
 def _os_error_reason(exc: OSError) -> str:

@@ -16,6 +16,7 @@ parses, and a framing it can parse the same way nsproxy did.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple
@@ -55,6 +56,7 @@ MANAGED_HEADERS = (
     ManagedHeader("X-Forwarded-Port", Action.REPLACE, "the port of the listener the client connected to"),
     ManagedHeader("Forwarded", Action.APPEND, '`for=<client>;host="<Host>";proto=http` (RFC 7239)'),
     ManagedHeader("X-Real-IP", Action.REPLACE, "the client's address"),
+    ManagedHeader("X-Request-ID", Action.REPLACE, "a new id per request (the client's value is only logged)"),
 )
 
 
@@ -87,7 +89,7 @@ PROTECTED = frozenset(
 )
 
 # Classification of a request header name (cached per raw spelling in RequestPolicy.kinds).
-_PASS, _HOST, _CL, _TE, _CONNECTION, _UPGRADE, _XFF, _FORWARDED, _DROP, _BAD = range(10)
+_PASS, _HOST, _CL, _TE, _CONNECTION, _UPGRADE, _XFF, _FORWARDED, _DROP, _BAD, _REQUEST_ID = range(11)
 _KIND_CACHE_MAX = 1024
 _SPECIAL = {
     b"host": _HOST,
@@ -97,6 +99,7 @@ _SPECIAL = {
     b"upgrade": _UPGRADE,
     b"x-forwarded-for": _XFF,
     b"forwarded": _FORWARDED,
+    b"x-request-id": _REQUEST_ID,
     **dict.fromkeys(HOP_BY_HOP - {b"connection", b"transfer-encoding", b"upgrade"}, _DROP),
 }
 _MANAGED_NORMALISED = frozenset(normalise(h.name.encode()) for h in MANAGED_HEADERS)
@@ -223,6 +226,22 @@ class RequestHead(NamedTuple):
     chunked: bool  # the body is chunked (re-chunked by the proxy)
     host: bytes | None
     websocket: bool  # a WebSocket upgrade request (forwarded with Connection: Upgrade)
+    client_request_id: bytes | None  # the client's own X-Request-ID (never forwarded: logged)
+
+
+class RequestIds:
+    """X-Request-ID values: a random per-process prefix and a counter (unique, and cheap per request)."""
+
+    def __init__(self) -> None:
+        self.prefix = secrets.token_hex(6).encode()
+        self.count = 0
+
+    def next(self) -> bytes:
+        self.count += 1
+        return b"%s%010x" % (self.prefix, self.count)
+
+
+REQUEST_IDS = RequestIds()
 
 
 def _quoted(value: bytes) -> bytes:
@@ -242,15 +261,16 @@ def rewrite_request(
     *,
     http11: bool,
     default_host: bytes,
+    request_id: bytes,
 ) -> RequestHead:
     """The head to send upstream for a client request (always HTTP/1.1, keep-alive).
 
-    Raises Refused for requests the contract turns away (docs/performance.md, "Framing").
-    `default_host` is used for an HTTP/1.0 request without Host.
+    Raises Refused for requests the contract turns away (docs/security-model.md, "The framing
+    contract"). `default_host` is used for an HTTP/1.0 request without Host.
     """
     kinds = policy.kinds
     out = [method, b" ", url, b" HTTP/1.1\r\n"]
-    host = xff = forwarded = te = upgrade_value = None
+    host = xff = forwarded = te = upgrade_value = client_request_id = None
     content_length: int | None = None
     connection: set[bytes] | None = None
     for name, value in headers:
@@ -281,6 +301,8 @@ def rewrite_request(
             xff = value if xff is None else xff + b", " + value
         elif kind == _FORWARDED:
             forwarded = value if forwarded is None else forwarded + b", " + value
+        elif kind == _REQUEST_ID:
+            client_request_id = value
         elif kind == _BAD:
             raise Refused(400, f"framing header spelled with '_': {name.decode('latin-1')}")
         # _DROP: hop-by-hop, or managed by nsproxy
@@ -319,6 +341,7 @@ def rewrite_request(
         out.append(b"Connection: Upgrade\r\nUpgrade: websocket\r\n")
     if host is None:
         out += (b"Host: ", default_host, b"\r\n")
+    out += (b"X-Request-ID: ", request_id, b"\r\n")
     out.append(peer.suffix(policy, host, xff, forwarded))
     # tuple.__new__: a NamedTuple's own constructor is a Python function, and this runs per request
-    return tuple.__new__(RequestHead, (b"".join(out), content_length, chunked, host, websocket))
+    return tuple.__new__(RequestHead, (b"".join(out), content_length, chunked, host, websocket, client_request_id))

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from .. import netns
 from ..model import Upstream
@@ -92,6 +93,7 @@ class UpstreamConnection(LazyTimer):
         self.got_bytes = False  # any response byte for the current exchange
         self.idle_since = 0.0
         self.closed = False
+        self.peer_label = "-"  # where it is connected to (the access log's upstream_address)
         self._data = b""  # the read being parsed (the head is sliced out of it)
         self._pending = b""  # bytes of a head that started in an earlier read
         self._head_from = 0  # where the next head starts in the buffer being parsed
@@ -117,6 +119,14 @@ class UpstreamConnection(LazyTimer):
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
         self.gate = ReadGate(transport)
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        peer = transport.get_extra_info("peername")  # once per connection: for the access log
+        self.peer_label = (
+            (f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}")
+            if isinstance(peer, tuple)
+            else f"unix:{peer}"
+            if peer
+            else self.pool.upstream.describe()
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         was_idle = self.owner is None and self.sink is None and not self.closed
@@ -343,6 +353,7 @@ def _family_of(host: str) -> int:
         return socket.AF_INET
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the socket-free tests subclass it (tests/unit/protocol_fakes.py)
 class UpstreamPool:
     """Idle keep-alive connections to one tenant's upstream, opened the way its config says."""
 

@@ -32,8 +32,8 @@ class FakeHandle:
 
 
 class FakeTask:
-    def cancel(self) -> None:
-        pass
+    def cancel(self) -> bool:  # asyncio.Task.cancel's signature (the compiled protocol checks it)
+        return True
 
 
 class FakeLoop:

@@ -25,7 +25,9 @@ def _lines(head: bytes) -> list[bytes]:
 
 
 def _request(headers, method=b"GET", http11=True, policy=POLICY, peer=PEER):
-    return rewrite_request(method, b"/p?q=1", headers, policy, peer, http11=http11, default_host=b"10.0.0.1:8080")
+    return rewrite_request(
+        method, b"/p?q=1", headers, policy, peer, http11=http11, default_host=b"10.0.0.1:8080", request_id=b"rid-1"
+    )
 
 
 def _named(lines: list[bytes], name: bytes) -> list[bytes]:
@@ -44,6 +46,22 @@ def test_request_line_is_http11_and_host_kept():
     assert _named(lines, b"x-forwarded-port") == [b"X-Forwarded-Port: 8080"]
     assert _named(lines, b"x-real-ip") == [b"X-Real-IP: 10.0.0.7"]
     assert _named(lines, b"forwarded") == [b'Forwarded: for=10.0.0.7;host="shop.test";proto=http']
+    assert _named(lines, b"x-request-id") == [b"X-Request-ID: rid-1"]
+
+
+def test_the_clients_request_id_is_replaced_and_reported():
+    head = _request([(b"Host", b"a"), (b"X-Request-ID", b"theirs"), (b"x_request_id", b"theirs2")])
+    assert _named(_lines(head.head), b"x-request-id") == [b"X-Request-ID: rid-1"]
+    assert head.client_request_id == b"theirs"
+
+
+def test_request_ids_are_unique_and_short():
+    from nsproxy_appliance.daemon.request_head import RequestIds
+
+    ids = RequestIds()
+    seen = {ids.next() for _ in range(1000)}
+    assert len(seen) == 1000 and all(len(i) == 22 for i in seen)
+    assert RequestIds().prefix != ids.prefix
 
 
 @pytest.mark.parametrize("name", [b"X-Tenant-ID", b"x-tenant-id", b"X-TENANT-ID", b"X_Tenant_Id", b"x_tenant-ID"])
@@ -121,6 +139,7 @@ def test_managed_header_table_actions():
         "X-Forwarded-Port": Action.REPLACE,
         "Forwarded": Action.APPEND,
         "X-Real-IP": Action.REPLACE,
+        "X-Request-ID": Action.REPLACE,
     }
 
 
