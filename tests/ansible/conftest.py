@@ -14,6 +14,10 @@ import yaml
 from ansible_support import REPO, TARGET_PYTHON, VENV_BIN, Fleet, install_vars, run_playbook
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "molecule: runs `molecule test` (slow: about a minute)")
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         pytest.skip("needs root (network namespaces)")
@@ -30,7 +34,7 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
         REPO,
         src,
         ignore=shutil.ignore_patterns(
-            ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".*cache", "tests"
+            ".venv", ".git", "build", "dist", "*.egg-info", "__pycache__", ".*cache", "tests", "collections"
         ),
     )
     subprocess.run(

@@ -10,9 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from ansible_support import REPO, TARGET_PYTHON, VENV_BIN
+import yaml
+from ansible_support import REPO, TARGET_PYTHON, VENV_BIN, stop_daemon
 
-MODULE_PATH = REPO / "roles" / "nsproxy" / "library" / "nsproxy_apply.py"
+from nsproxy_appliance import netns
+
+MODULE_PATH = REPO / "plugins" / "modules" / "nsproxy_apply.py"
+FQCN = "nsproxy.appliance.nsproxy_apply"
 
 
 def load_module():
@@ -30,6 +34,7 @@ PARAMS = {
     "state_dir": None,
     "runtime_dir": None,
     "lock_timeout": None,
+    "daemon_timeout": None,
     "allow_empty": False,
     "force": False,
     "no_daemon": False,
@@ -42,6 +47,7 @@ def test_command_carries_every_option() -> None:
         "state_dir": "/s",
         "runtime_dir": "/r",
         "lock_timeout": 5.0,
+        "daemon_timeout": 7.5,
         "allow_empty": True,
         "force": True,
         "no_daemon": True,
@@ -53,6 +59,7 @@ def test_command_carries_every_option() -> None:
     assert cmd[cmd.index("--state-dir") + 1] == "/s"
     assert cmd[cmd.index("--runtime-dir") + 1] == "/r"
     assert cmd[cmd.index("--lock-timeout") + 1] == "5.0"
+    assert cmd[cmd.index("--daemon-timeout") + 1] == "7.5"
 
 
 def test_command_without_options_is_a_plain_apply() -> None:
@@ -108,10 +115,8 @@ def adhoc(tmp: Path, args: str, *flags: str) -> tuple[int, str, dict]:
         "local",
         "-e",
         f"ansible_python_interpreter={TARGET_PYTHON}",
-        "-M",
-        str(MODULE_PATH.parent),
         "-m",
-        "nsproxy_apply",
+        FQCN,  # found through ansible.cfg's collections_path (collections/ in this checkout)
         "-a",
         args,
         "--one-line",
@@ -162,3 +167,79 @@ def test_check_mode_before_install_reports_a_change_and_runs_nothing(tmp_path: P
     assert result["changed"] is True
     assert "not installed yet" in result["msg"]
     assert "cmd" not in result
+
+
+# Keys Ansible itself adds to (or reserves in) every module result; everything else the module
+# returns must be documented in RETURN, and everything in RETURN must really be returned.
+ANSIBLE_KEYS = {"changed", "failed", "msg", "invocation", "warnings", "deprecations", "diff", "stderr_lines"}
+DOCUMENTED = yaml.safe_load(nsproxy_apply.RETURN)
+ALWAYS = {key for key, spec in DOCUMENTED.items() if spec["returned"] == "always"}
+
+
+def returned_keys(result: dict) -> set[str]:
+    return set(result) - ANSIBLE_KEYS
+
+
+def sample_keys(key: str) -> set[str]:
+    sample = DOCUMENTED[key]["sample"]
+    return set(sample[0] if isinstance(sample, list) else sample)
+
+
+@pytest.mark.root
+def test_documented_return_values_match_a_real_run(role_venv: Path, tmp_path: Path, unique, echo_upstream: str) -> None:
+    """Apply (diff mode, launching the daemon with daemon_timeout), then check mode without diff,
+    then a conflict: every result has exactly the documented keys, shaped like the samples."""
+    served, foreign = unique("ret"), unique("own")
+    manifest = tmp_path / "tenants.yaml"
+    manifest.write_text(
+        yaml.safe_dump(
+            {
+                "version": 1,
+                "tenants": [
+                    {"name": served, "listen": ["127.0.0.1:8080"], "upstream": echo_upstream},
+                    {"name": foreign, "listen": ["127.0.0.1:8080"], "upstream": echo_upstream},
+                ],
+            }
+        )
+    )
+    base = {
+        "manifest": str(manifest),
+        "executable": str(role_venv / "bin" / "nsproxy-apply"),
+        "state_dir": str(tmp_path / "state"),
+        "runtime_dir": str(tmp_path / "run"),
+        "daemon_timeout": 20,
+    }
+    netns.create_named(foreign)  # exists, but nsproxy did not create it: a conflict
+    try:
+        rc, status, applied = adhoc(tmp_path, json.dumps(base), "--diff")
+        assert rc != 0 and status == "FAILED!", applied  # the conflict fails the run; the rest applied
+        assert returned_keys(applied) == set(DOCUMENTED), json.dumps(applied)[:3000]
+        assert applied["cmd"][applied["cmd"].index("--daemon-timeout") + 1] == "20.0"
+        assert applied["daemon"]["action"] == "launched", applied
+        assert {key for a in applied["actions"] for key in a} == sample_keys("actions")
+        assert set(applied["daemon"]) == sample_keys("daemon")
+        assert set(applied["summary"]) == sample_keys("summary")
+        assert [c["target"] for c in applied["conflicts"]] == [foreign]
+        assert set(applied["conflicts"][0]) == sample_keys("conflicts")
+        assert served in applied["tenant_diff"]
+        assert set(applied["tenant_diff"][served]) == set(DOCUMENTED["tenant_diff"]["sample"]["acme"])
+        assert set(applied["tenant_diff"][served]["after"]) >= set(DOCUMENTED["tenant_diff"]["sample"]["acme"]["after"])
+
+        _, status, checked = adhoc(tmp_path, json.dumps(base), "--check")
+        assert status == "FAILED!", checked
+        assert returned_keys(checked) == set(DOCUMENTED) - {"tenant_diff"}, checked
+        assert checked["in_sync"] is False  # the conflict is still there
+    finally:
+        stop_daemon(tmp_path / "run" / "nsproxyd.pid")
+        netns.delete_named(served)
+        netns.delete_named(foreign)
+
+
+def test_results_without_a_run_still_carry_the_always_returned_keys(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing" / "nsproxy-apply")
+    args = json.dumps({"content": "version: 1\ntenants: []\n", "executable": missing})
+    _, _, checked = adhoc(tmp_path, args, "--check")
+    _, status, failed = adhoc(tmp_path, args)
+    assert status == "FAILED!"
+    for result in (checked, failed):
+        assert ALWAYS <= returned_keys(result) <= set(DOCUMENTED), result

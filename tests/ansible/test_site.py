@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ansible_support import Fleet, SimHost, curl_in_netns, install_vars, netns_exists
+from ansible_support import CONTROLLER_NSPROXY, Fleet, SimHost, curl_in_netns, install_vars, netns_exists
 
 pytestmark = pytest.mark.root
 
@@ -74,9 +74,18 @@ def test_converge_from_nothing_then_second_run_changes_nothing(
     assert check.rc == 0, check.output
     assert check.changed_tasks() == []
 
+
+def test_a_rebuilt_package_restarts_the_daemon_through_nsproxy_stop(
+    fleet: Fleet, echo_upstream: str, wheel: Path, tmp_path: Path
+) -> None:
     # A rebuilt package (same version, other bytes) is reinstalled, and the daemon the applier
-    # launched is restarted on the new code: stopped (it drains), then launched again.
+    # launched is restarted on the new code: `nsproxy stop` (it drains), then launched again.
+    h = fleet.host("h1", **install_vars(fleet.venv, wheel, tmp_path / "h1-install"))
+    tenants = [fleet.tenant(h, "a", echo_upstream)]
+    h.vars["nsproxy_tenants"] = tenants
+    assert (first := fleet.run()).rc == 0, first.output
     pid_before = (h.runtime_dir / "nsproxyd.pid").read_text().strip()
+
     rebuilt = tmp_path / "rebuilt" / wheel.name
     rebuilt.parent.mkdir()
     shutil.copy(wheel, rebuilt)
@@ -91,6 +100,68 @@ def test_converge_from_nothing_then_second_run_changes_nothing(
     assert (h.runtime_dir / "nsproxyd.pid").read_text().strip() != pid_before
     for t in tenants:
         assert_serves(t)
+
+    # With nothing rebuilt, nothing is stopped: the handler is not even notified.
+    again = fleet.run()
+    assert again.rc == 0, again.output
+    assert again.changed_tasks() == []
+
+
+def test_validation_leaves_no_scratch_file_on_the_controller(fleet: Fleet, echo_upstream: str, tmp_path: Path) -> None:
+    # Two hosts, validated twice each (site.yml's pre-flight play, then the role, which skips
+    # text it already validated): every scratch manifest the controller wrote is removed. The
+    # validator is wrapped to record the scratch paths it was given, so the test knows where
+    # they were and that validation really ran.
+    scratch = tmp_path / "controller-tmp"
+    scratch.mkdir()
+    seen = tmp_path / "validated.txt"
+    wrapper = tmp_path / "validate.sh"
+    wrapper.write_text(f'#!/bin/sh\necho "$1" >> {seen}\nexec {CONTROLLER_NSPROXY} validate "$1"\n')
+    wrapper.chmod(0o755)
+    for label in ("h1", "h2"):
+        h = fleet.host(label, nsproxy_validate_command=str(wrapper))
+        h.vars["nsproxy_tenants"] = [fleet.tenant(h, label, echo_upstream)]
+    before = sorted(scratch.glob("nsproxy-manifest-*.yaml"))
+
+    run = fleet.run(extra_env={"TMPDIR": str(scratch)})
+
+    assert run.rc == 0, run.output
+    validated = seen.read_text().split()
+    assert len(validated) == 2, validated  # once per host: the role skipped the re-validation
+    assert all(Path(p).parent == scratch and Path(p).name.startswith("nsproxy-manifest-") for p in validated)
+    assert sorted(scratch.glob("nsproxy-manifest-*.yaml")) == before == []
+
+
+PYTHON_310 = sorted(Path("/root/.pyenv/versions").glob("3.10.*/bin/python3.10"))
+
+
+def old_python(tmp_path: Path) -> str:
+    """A real Python 3.10 when this machine has one (pyenv), else a stand-in that answers as one."""
+    if PYTHON_310:
+        return str(PYTHON_310[-1])
+    stub = tmp_path / "python3.10"
+    stub.write_text("#!/bin/sh\necho 3.10.12\n")
+    stub.chmod(0o755)
+    return str(stub)
+
+
+def test_a_python_older_than_3_11_stops_the_host_before_anything_changes(
+    fleet: Fleet, echo_upstream: str, wheel: Path, tmp_path: Path
+) -> None:
+    h = fleet.host("h1", **install_vars(tmp_path / "new-venv", wheel, tmp_path / "h1-install"))
+    h.vars["nsproxy_python"] = old_python(tmp_path)
+    h.vars["nsproxy_tenants"] = [fleet.tenant(h, "old", echo_upstream)]
+
+    run = fleet.run()
+
+    assert run.rc != 0
+    assert run.recap["h1"]["failed"] == 1, run.output
+    assert f"nsproxy needs Python >= 3.11 on h1, but {h.vars['nsproxy_python']} is Python 3.10." in run.stdout
+    assert "Set nsproxy_python to a Python 3.11+ interpreter" in run.stdout
+    assert h.files() == [], h.files()
+    assert not (tmp_path / "new-venv").exists()
+    assert not (tmp_path / "h1-install").exists()
+    assert not any(netns_exists(n) for n in fleet.netns_names)
 
 
 def test_check_diff_reports_a_manifest_change_and_changes_nothing(

@@ -67,8 +67,16 @@ options:
     default: false
   lock_timeout:
     description:
-      - Seconds to wait for another apply holding the lock before failing.
+      - Seconds to wait for another apply holding the lock before failing (C(--lock-timeout)).
+        The applier's default (30) when omitted.
     type: float
+  daemon_timeout:
+    description:
+      - Seconds to wait for the daemon to serve the new config after a launch or reload
+        (C(--daemon-timeout); a reload also allows the drain timeout). The applier's default (30)
+        when omitted.
+    type: float
+    version_added: "0.1.0"
 notes:
   - Needs root on the target (network namespaces).
   - If O(executable) does not exist yet in check mode (nsproxy not installed), the module reports
@@ -86,12 +94,12 @@ requirements:
 
 EXAMPLES = r"""
 - name: Converge tenants from the manifest
-  nsproxy_apply:
+  nsproxy.appliance.nsproxy_apply:
     manifest: /etc/nsproxy/tenants.yaml
     executable: /opt/nsproxy/venv/bin/nsproxy-apply
 
 - name: Show what would change, without changing anything
-  nsproxy_apply:
+  nsproxy.appliance.nsproxy_apply:
     manifest: /etc/nsproxy/tenants.yaml
     executable: /opt/nsproxy/venv/bin/nsproxy-apply
   check_mode: true
@@ -99,15 +107,21 @@ EXAMPLES = r"""
   register: nsproxy_plan
 
 - name: Apply kernel state only; systemd owns the daemon
-  nsproxy_apply:
+  nsproxy.appliance.nsproxy_apply:
     manifest: /etc/nsproxy/tenants.yaml
     executable: /opt/nsproxy/venv/bin/nsproxy-apply
     no_daemon: true
     state_dir: /var/lib/nsproxy
     runtime_dir: /run/nsproxy
 
+- name: Allow a slow host more time to drain and serve the new config
+  nsproxy.appliance.nsproxy_apply:
+    manifest: /etc/nsproxy/tenants.yaml
+    executable: /opt/nsproxy/venv/bin/nsproxy-apply
+    daemon_timeout: 120
+
 - name: Remove every tenant
-  nsproxy_apply:
+  nsproxy.appliance.nsproxy_apply:
     content: "{{ {'version': 1, 'tenants': []} | to_nice_yaml }}"
     executable: /opt/nsproxy/venv/bin/nsproxy-apply
     allow_empty: true
@@ -115,47 +129,84 @@ EXAMPLES = r"""
 
 RETURN = r"""
 in_sync:
-  description: Whether the host matched the manifest before this run.
-  returned: success
+  description:
+    - In check mode, whether the host already matches the manifest (nothing pending, no conflicts,
+      no errors). After an apply, whether every tenant converged and was verified.
+  returned: always
   type: bool
-  sample: false
+  sample: true
 actions:
-  description: The applier's actions, in order, with their status (done, failed, pending, skipped).
+  description:
+    - The applier's actions, in order. C(op) is one of create_netns, set_lo_up, add_link,
+      set_link_mtu, set_link_up, add_address, remove_address, delete_link, delete_netns,
+      update_daemon_config (whose C(tenant) is empty).
+    - C(status) is pending (check mode), done, failed (see C(error)) or skipped.
   returned: always
   type: list
   elements: dict
   sample:
     - {tenant: acme, op: create_netns, target: acme, detail: "", status: done, error: null}
+    - {tenant: acme, op: set_lo_up, target: acme/lo, detail: "", status: done, error: null}
+    - tenant: ""
+      op: update_daemon_config
+      target: /run/nsproxy/config.json
+      detail: "generation (none) -> 9b2618b3cbf4a312: no runtime config yet"
+      status: done
+      error: null
 conflicts:
-  description: Objects the manifest wants but nsproxy does not own (never modified).
+  description: Objects the manifest wants but nsproxy does not own (never modified; the tenant is skipped).
   returned: always
   type: list
   elements: dict
-  sample: []
+  sample:
+    - tenant: globex
+      target: globex-prod
+      reason: "network namespace globex-prod exists but nsproxy did not create it (not in the ledger); not touched"
 errors:
-  description: The applier's error messages (manifest errors as FILE:LINE:COL, failed actions).
+  description: The applier's error messages (manifest errors as FILE:LINE:COL, conflicts, failed actions).
   returned: always
   type: list
   elements: str
-  sample: ["/etc/nsproxy/tenants.yaml:4:5: $.tenants[0].name: 'Acme' does not match ..."]
+  sample: ["/etc/nsproxy/tenants.yaml:4:13: $.tenants[0].name: 'Acme' does not match '^[a-z0-9]([a-z0-9-]*[a-z0-9])?$'"]
 daemon:
-  description: What happened to the daemon (launched, reloaded, unchanged, skipped, pending) and the
-    config generation it serves.
-  returned: success
+  description:
+    - What happened to the daemon (C(action) launched, reloaded, unchanged, skipped, pending or
+      failed) and the config C(generation) of the runtime config (null when none was rendered).
+  returned: always
   type: dict
-  sample: {action: reloaded, generation: 3f2a9c0d1b4e5f60}
+  sample: {action: launched, generation: 9b2618b3cbf4a312}
+not_serving:
+  description:
+    - Tenants the daemon does not serve after the hand-off, and why (each also in RV(errors)); the
+      applier then exits 1 and the module fails.
+  returned: when the applier ran
+  type: dict
+  sample: {acme: "failed: cannot listen on 127.0.0.1:8080 in /run/netns/acme: Address already in use"}
+summary:
+  description: How many tenant objects the plan adds, changes and destroys.
+  returned: when the applier ran
+  type: dict
+  sample: {add: 1, change: 2, destroy: 0}
 tenant_diff:
-  description: The applier's per-tenant before/after (C(null) for a tenant that does not exist on
-    one side); present when the applier reported it (diff mode).
-  returned: when supported
+  description:
+    - The applier's per-tenant C(before) and C(after) (C(null) on the side where the tenant does
+      not exist), for the tenants whose state changes.
+  returned: in diff mode, when the applier ran
   type: dict
-  sample: {acme: {before: null, after: {netns: acme, listen: ["127.0.0.1:8080"]}}}
+  sample:
+    acme:
+      before: {netns: null, links: {}, config: null}
+      after:
+        netns: acme
+        lo: up
+        links: {}
+        config: {name: acme, tenant_id: acme, listen: [{host: 127.0.0.1, port: 8080}]}
 cmd:
   description: The command line that was run.
   returned: when the applier ran
   type: list
   elements: str
-  sample: [/opt/nsproxy/venv/bin/nsproxy-apply, /etc/nsproxy/tenants.yaml, --output, json]
+  sample: [/opt/nsproxy/venv/bin/nsproxy-apply, /etc/nsproxy/tenants.yaml, --output, json, --diff]
 applier_rc:
   description:
     - The applier's exit code (0 ok/in sync, 2 changes pending in check mode, 1 error).
@@ -163,7 +214,7 @@ applier_rc:
       in check mode.
   returned: when the applier ran
   type: int
-  sample: 2
+  sample: 0
 stderr:
   description: The applier's standard error (logs, warnings).
   returned: when the applier ran
@@ -192,8 +243,9 @@ def build_command(params: dict, manifest: str, check: bool, diff: bool) -> list[
     for option in ("state_dir", "runtime_dir"):
         if params[option]:
             cmd += ["--" + option.replace("_", "-"), params[option]]
-    if params["lock_timeout"] is not None:
-        cmd += ["--lock-timeout", str(params["lock_timeout"])]
+    for option in ("lock_timeout", "daemon_timeout"):
+        if params[option] is not None:
+            cmd += ["--" + option.replace("_", "-"), str(params[option])]
     for flag in ("allow_empty", "force", "no_daemon"):
         if params[flag]:
             cmd.append("--" + flag.replace("_", "-"))
@@ -249,6 +301,17 @@ def parse_report(stdout: str) -> dict | None:
     return report if isinstance(report, dict) else None
 
 
+def not_run(daemon_action: str, errors: list[str] | None = None) -> dict:
+    """The result keys returned "always", for a run in which the applier never started."""
+    return {
+        "in_sync": False,
+        "actions": [],
+        "conflicts": [],
+        "errors": errors or [],
+        "daemon": {"action": daemon_action, "generation": None},
+    }
+
+
 def run(module: AnsibleModule) -> None:
     params = module.params
     check = module.check_mode
@@ -258,13 +321,11 @@ def run(module: AnsibleModule) -> None:
             module.exit_json(
                 changed=True,
                 msg=f"{executable} is not installed yet; applying would create every tenant",
-                actions=[],
-                conflicts=[],
-                errors=[],
+                **not_run("pending"),
             )
-        module.fail_json(msg=f"the applier {executable} does not exist", actions=[], conflicts=[], errors=[])
+        module.fail_json(msg=f"the applier {executable} does not exist", **not_run("skipped"))
     elif os.sep not in executable and shutil.which(executable) is None:
-        module.fail_json(msg=f"the applier {executable} is not on PATH", actions=[], conflicts=[], errors=[])
+        module.fail_json(msg=f"the applier {executable} is not on PATH", **not_run("skipped"))
 
     tmpdir = None
     manifest = params["manifest"]
@@ -286,23 +347,23 @@ def run(module: AnsibleModule) -> None:
         module.fail_json(
             msg=f"nsproxy-apply exited {rc} without a JSON report: {(stderr or stdout).strip()[-2000:]}",
             stdout=stdout,
-            actions=[],
-            conflicts=[],
-            errors=[line for line in stderr.splitlines() if line.strip()],
+            **not_run("skipped", [line for line in stderr.splitlines() if line.strip()]),
             **common,
         )
 
     errors = [str(e) for e in report.get("errors") or []]
     result = {
-        "in_sync": report.get("in_sync"),
+        "in_sync": bool(report.get("in_sync")),
         "actions": report.get("actions") or [],
         "conflicts": report.get("conflicts") or [],
         "errors": errors,
-        "daemon": report.get("daemon") or {},
+        "daemon": report.get("daemon") or {"action": "skipped", "generation": None},
+        "summary": report.get("summary") or {"add": 0, "change": 0, "destroy": 0},
+        "not_serving": report.get("not_serving") or {},
         **common,
     }
-    if report.get("diff") is not None:
-        result["tenant_diff"] = report["diff"]
+    if module._diff:
+        result["tenant_diff"] = report.get("diff") or {}
 
     ok_codes = (EXIT_OK, EXIT_PENDING) if check else (EXIT_OK,)
     if rc not in ok_codes or errors:
@@ -335,6 +396,7 @@ def main() -> None:
             "force": {"type": "bool", "default": False},
             "no_daemon": {"type": "bool", "default": False},
             "lock_timeout": {"type": "float"},
+            "daemon_timeout": {"type": "float"},
         },
         mutually_exclusive=[("manifest", "content")],
         required_one_of=[("manifest", "content")],
