@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -22,33 +23,61 @@ if TYPE_CHECKING:
 
 # Request duration histogram bucket upper bounds, in seconds (Prometheus `le` labels).
 DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_STATUS_CLASSES = ("1xx", "1xx", "2xx", "3xx", "4xx", *["5xx"] * 5)  # by status // 100 (0: never sent)
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+_CLASS_INDEX = (0, 0, 1, 2, 3, 4, 4, 4, 4, 4)  # status // 100 -> index in STATUS_CLASSES
 
 
-@dataclass
 class TenantCounters:
-    requests_by_class: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("1xx", "2xx", "3xx", "4xx", "5xx"), 0)
-    )
-    upstream_errors: dict[str, int] = field(default_factory=dict)  # reason ("refused", "timeout", ...) -> count
-    active_connections: int = 0
-    accepted_connections: int = 0
-    rejected_connections: int = 0  # refused at the tenant's max_connections or the process's fd budget
-    bytes_in: int = 0
-    bytes_out: int = 0
-    duration_buckets: list[int] = field(default_factory=lambda: [0] * (len(DURATION_BUCKETS) + 1))
-    duration_sum: float = 0.0
+    """What /metrics and /tenants report per tenant.
+
+    The containers are made on a tenant's first request or error: with 10,000 tenants most are idle
+    at any time, and each empty dict and list would cost memory anyway.
+    """
+
+    def __init__(self) -> None:
+        self.active_connections = 0
+        self.accepted_connections = 0
+        self.rejected_connections = 0  # refused at the tenant's max_connections or the process's fd budget
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.duration_sum = 0.0
+        self._by_class: list[int] | None = None  # by _CLASS_INDEX
+        self._buckets: list[int] | None = None  # by DURATION_BUCKETS, then +Inf
+        self._errors: dict[str, int] | None = None  # reason ("refused", "timeout", ...) -> count
 
     def observe(self, status: int, duration: float) -> None:
-        self.requests_by_class[_STATUS_CLASSES[status // 100]] += 1  # llhttp: status has three digits
-        self.duration_buckets[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
+        by_class = self._by_class
+        buckets = self._buckets
+        if by_class is None or buckets is None:
+            by_class = self._by_class = [0] * len(STATUS_CLASSES)
+            buckets = self._buckets = [0] * (len(DURATION_BUCKETS) + 1)
+        by_class[_CLASS_INDEX[status // 100]] += 1  # llhttp: a status has three digits
+        buckets[bisect.bisect_left(DURATION_BUCKETS, duration)] += 1
         self.duration_sum += duration
 
     def upstream_error(self, reason: str) -> None:
-        self.upstream_errors[reason] = self.upstream_errors.get(reason, 0) + 1
+        errors = self._errors
+        if errors is None:
+            errors = self._errors = {}
+        errors[reason] = errors.get(reason, 0) + 1
+
+    @property
+    def requests_by_class(self) -> dict[str, int]:
+        """Requests answered, by status class ("1xx" .. "5xx")."""
+        counts = self._by_class or [0] * len(STATUS_CLASSES)
+        return dict(zip(STATUS_CLASSES, counts, strict=True))
+
+    @property
+    def duration_buckets(self) -> list[int]:
+        return list(self._buckets or [0] * (len(DURATION_BUCKETS) + 1))
+
+    @property
+    def upstream_errors(self) -> dict[str, int]:
+        return dict(self._errors or {})
 
 
 AccessLog = Callable[[dict[str, Any]], None]
+_NO_CONNECTIONS: frozenset[Any] = frozenset()
 
 
 class TenantPolicy:
@@ -82,12 +111,28 @@ class TenantContext:
     tenant: Tenant  # replaced on reload: new requests see the new upstream, header and limits
     counters: TenantCounters = field(default_factory=TenantCounters)
     access_log: AccessLog | None = None
-    connections: set[Any] = field(default_factory=set)  # live client-side protocols (and tunnels)
     pool: Any = None  # upstream.UpstreamPool, created by the data plane
     budget: FdBudget = field(default=DEFAULT)  # the process's fd budget, shared by every tenant
     state: str = "starting"  # "serving", "failed", "draining"
     last_error: str | None = None
     _policy: TenantPolicy | None = field(default=None, repr=False)
+    _connections: set[Any] | None = field(default=None, repr=False)
+
+    @property
+    def connections(self) -> AbstractSet[Any]:
+        """Live client-side protocols (and tunnels); the data plane adds and discards them."""
+        return self._connections if self._connections is not None else _NO_CONNECTIONS
+
+    def add_connection(self, conn: Any) -> None:
+        if self._connections is None:
+            self._connections = set()
+        self._connections.add(conn)
+
+    def discard_connection(self, conn: Any) -> None:
+        if self._connections is not None:
+            self._connections.discard(conn)
+            if not self._connections:
+                self._connections = None  # an idle tenant holds no empty set
 
     @property
     def policy(self) -> TenantPolicy:

@@ -185,6 +185,7 @@ class ProxyProtocol(LazyTimer):
         self.ctx = ctx
         self.counters = ctx.counters
         self.loop = loop  # a fake one in the socket-free tests
+        self._time = loop.time  # bound once: looked up per request otherwise
         self.listen = listen  # the listener's address when the control plane gave it (saves getsockname)
         self.transport: asyncio.Transport | None = None
         self.gate: ReadGate | None = None
@@ -236,7 +237,7 @@ class ProxyProtocol(LazyTimer):
         counters.accepted_connections += 1
         counters.active_connections = active + 1
         ctx.budget.clients += 1
-        ctx.connections.add(self)
+        ctx.add_connection(self)
         self.gate = ReadGate(transport)
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
         peer = transport.get_extra_info("peername")
@@ -261,7 +262,7 @@ class ProxyProtocol(LazyTimer):
             return
         self.counters.active_connections -= 1
         self.ctx.budget.clients -= 1
-        self.ctx.connections.discard(self)
+        self.ctx.discard_connection(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -327,7 +328,7 @@ class ProxyProtocol(LazyTimer):
             return
         if self._phase == _IDLE:
             self._phase = _HEAD
-            self._phase_since = self.loop.time()
+            self._phase_since = self._time()
         before = self._parsing
         self._read_len = len(data)
         self._data = data
@@ -618,7 +619,7 @@ class ProxyProtocol(LazyTimer):
             self._timer = None
         self._closing = True  # nothing of HTTP is read on this protocol any more
         self.parser = _DEAD_PARSER
-        self.ctx.connections.discard(self)  # the tunnel takes over the connection's accounting
+        self.ctx.discard_connection(self)  # the tunnel takes over the connection's accounting
         assert conn.transport is not None
         Tunnel(self.ctx, self.transport, conn.transport)
 
@@ -664,7 +665,7 @@ class ProxyProtocol(LazyTimer):
             self._next_exchange()
             return
         self._phase = _IDLE
-        self._phase_since = now = self.loop.time()
+        self._phase_since = now = self._time()
         at = now + self.ctx.policy.idle_timeout
         if self._timer is None or at < self._timer_at:
             self._arm(at)

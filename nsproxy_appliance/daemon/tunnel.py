@@ -68,7 +68,7 @@ class Tunnel:
             end.transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
             end.transport.set_protocol(cast(asyncio.BaseProtocol, end))  # duck-typed, as in http.py
             end.transport.resume_reading()  # whatever the HTTP side had paused
-        ctx.connections.add(self)
+        ctx.add_connection(self)
 
     def count(self, end: TunnelEnd, n: int) -> None:
         counters = self.ctx.counters
@@ -81,7 +81,7 @@ class Tunnel:
         self.close()
         if not self.done:
             self.done = True
-            self.ctx.connections.discard(self)
+            self.ctx.discard_connection(self)
             self.ctx.counters.active_connections -= 1
             self.ctx.budget.clients -= 1
 

@@ -84,6 +84,7 @@ class UpstreamConnection(LazyTimer):
     def __init__(self, pool: UpstreamPool) -> None:
         self.pool = pool
         self.loop = pool.loop
+        self._time = pool.loop.time  # bound once: looked up per request otherwise
         self.transport: asyncio.Transport | None = None
         self.gate: ReadGate | None = None
         self.parser = httptools.HttpResponseParser(self)
@@ -155,7 +156,7 @@ class UpstreamConnection(LazyTimer):
         self._awaiting_head = True
         self._body_bytes = 0
         self._read_timeout = read_timeout
-        self._last = now = self.loop.time()
+        self._last = now = self._time()
         at = now + read_timeout
         if self._timer is None or at < self._timer_at:
             self._arm(at)
@@ -198,7 +199,7 @@ class UpstreamConnection(LazyTimer):
         if sink is None:  # bytes no request asked for: the stream is out of step, drop it
             self.abort()
             return
-        self._last = self.loop.time()
+        self._last = self._time()
         self.got_bytes = True
         self._data = data
         try:
