@@ -1,7 +1,8 @@
-"""Command line: `nsproxy-apply MANIFEST [...]` and `nsproxy validate|plan|apply|status`.
+"""Command line: `nsproxy-apply MANIFEST [...]` and `nsproxy validate|plan|apply|status|stop`.
 
-Exit codes: 0 success / in sync; 1 error (bad manifest, conflict, failed action, lock timeout);
-2 changes pending (only with --check: terraform's -detailed-exitcode contract).
+Exit codes: 0 success / in sync; 1 error (bad manifest, conflict, failed action, a tenant not
+served, lock timeout); 2 changes pending (only with --check: terraform's -detailed-exitcode
+contract). `nsproxy status` exits 1 when a tenant of the manifest is not served.
 
 Validation needs neither root nor the kernel: that path never imports pyroute2 (apply.py and
 kernel/ are imported only once a run needs them).
@@ -16,15 +17,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from .errors import NsproxyError, UserError
 from .exitcodes import EXIT_ERROR, EXIT_OK
-from .runtime_config import Paths
+from .paths import DAEMON_TIMEOUT, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, LOCK_TIMEOUT, STOP_TIMEOUT, Paths
 
-DEFAULT_STATE_DIR = Paths.state_dir  # the defaults live once, on Paths
-DEFAULT_RUNTIME_DIR = Paths.runtime_dir
-
-
-class UserError(Exception):
-    """An error to report in one clear message, without a traceback."""
+__all__ = ["UserError", "apply_main", "main"]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -68,14 +65,19 @@ def _add_apply_options(p: argparse.ArgumentParser, *, with_check: bool) -> None:
     p.add_argument("--no-daemon", action="store_true", help="write the runtime config but neither launch nor reload")
     _add_dirs(p)
     p.add_argument(
-        "--lock-timeout", type=float, default=30.0, metavar="SEC", help="wait this long for another apply (30)"
+        "--lock-timeout",
+        type=float,
+        default=LOCK_TIMEOUT,
+        metavar="SEC",
+        help="wait this long for another apply (%(default)g)",
     )
     p.add_argument(
         "--daemon-timeout",
         type=float,
-        default=30.0,
+        default=DAEMON_TIMEOUT,
         metavar="SEC",
-        help="wait this long for the daemon to serve the new config (30; a reload also allows the drain timeout)",
+        help="wait this long for the daemon to serve the new config (%(default)g; a reload also allows the drain "
+        "timeout)",
     )
     if with_check:
         p.add_argument("--validate-only", action="store_true", help="only validate the manifest (no root, no kernel)")
@@ -101,7 +103,18 @@ def _main_parser() -> argparse.ArgumentParser:
     _add_apply_options(plan, with_check=False)
     apply = sub.add_parser("apply", help="apply a manifest (same as nsproxy-apply)")
     _add_apply_options(apply, with_check=False)
-    status = sub.add_parser("status", help="what nsproxy owns (ledger) and the daemon's status")
+    status = sub.add_parser(
+        "status",
+        help="whether every tenant is served (exit 1 if not), what nsproxy owns, the daemon",
+        description="List every tenant with its state, listeners, namespace identity and last error; exit 0 "
+        "only when every one is served. The tenants are those of MANIFEST, else those of the last apply.",
+    )
+    stop = sub.add_parser("stop", help="stop the daemon: SIGTERM (it drains), SIGKILL after --timeout")
+    stop.add_argument("--timeout", type=float, default=STOP_TIMEOUT, metavar="SEC", help="(default %(default)g)")
+    _add_dirs(stop)
+    status.add_argument(
+        "--manifest", metavar="MANIFEST", help="check the tenants of this manifest (default: the last apply's)"
+    )
     _add_output(status)
     _add_dirs(status)
     return p
@@ -125,6 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _apply(args, check=True)
     if args.command == "apply":
         return _apply(args, check=False)
+    if args.command == "stop":
+        return _stop(args)
     return _status(args)
 
 
@@ -134,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _validate(manifests: list[str], output: str) -> int:
     from . import manifest
 
-    reports = []
+    reports: list[dict[str, Any]] = []
     for path in manifests:
         try:
             m = manifest.load(path)
@@ -183,9 +198,6 @@ def _apply(args: argparse.Namespace, *, check: bool) -> int:
 def _run(m: Any, args: argparse.Namespace, check: bool) -> Any:
     """Run the applier, turning every expected failure into a UserError with a clear message."""
     from . import apply
-    from .daemon_control import DaemonError
-    from .ledger import LedgerError, LockTimeout
-    from .netns import NetnsError
     from .plan import PlanOptions
 
     options = apply.RunOptions(
@@ -202,65 +214,49 @@ def _run(m: Any, args: argparse.Namespace, check: bool) -> Any:
     )
     try:
         return apply.run(m, options)
-    except (LockTimeout, LedgerError, DaemonError) as e:
+    except NsproxyError as e:
         raise UserError(str(e)) from None
     except PermissionError as e:
         raise UserError(f"permission denied: {e.filename or ''} {e.strerror or e}".strip()) from None
-    except NetnsError as e:
-        raise UserError(str(e)) from None
     except OSError as e:
         where = f"{e.filename}: " if e.filename else ""
         raise UserError(f"{where}{e.strerror or e}") from None
 
 
 def _status(args: argparse.Namespace) -> int:
-    from . import daemon_control, ledger, netns
-    from .apply import read_config
+    from . import status
 
-    paths = Paths(state_dir=args.state_dir, runtime_dir=args.runtime_dir)
+    m = None
+    if args.manifest:
+        from . import manifest
+
+        try:
+            m = manifest.load(args.manifest)
+        except manifest.ManifestError as e:
+            return _fail(args.output, list(e.errors), "the manifest is invalid")
     try:
-        owned = ledger.load(paths.ledger)
-    except ledger.LedgerError as e:
+        report, code = status.collect(Paths(state_dir=args.state_dir, runtime_dir=args.runtime_dir), m)
+    except NsproxyError as e:
         return _fail(args.output, [str(e)])
-    namespaces = []
-    for name, entry in sorted(owned.namespaces.items()):
-        path = netns.named_path(name)
-        state = "missing"
-        if netns.exists(name):
-            state = "present" if netns.identity(path) == entry.identity else "replaced (foreign)"
-        namespaces.append({"name": name, "tenant": entry.tenant, "identity": str(entry.identity), "state": state})
-    links = [
-        {"netns": link.netns_path, "name": link.name, "kind": link.kind, "ifindex": link.ifindex, "tenant": link.tenant}
-        for link in owned.links.values()
-    ]
-    try:
-        status = daemon_control.status(paths)
-        daemon: dict[str, Any] = {"running": status.running, "pid": status.pid, "generation": status.generation}
-    except NotImplementedError:
-        daemon = {"running": None, "pid": None, "generation": None}
-    except daemon_control.DaemonError as e:
-        return _fail(args.output, [f"daemon: {e}"])
-    config = read_config(paths.config)
-    report = {
-        "ledger": paths.ledger,
-        "namespaces": namespaces,
-        "links": links,
-        "config": {"path": paths.config, "generation": config.get("generation") if config else None},
-        "daemon": daemon,
-    }
     if args.output == "json":
         _print_json(report)
+    else:
+        sys.stdout.write(status.to_text(report))
+    return code
+
+
+def _stop(args: argparse.Namespace) -> int:
+    from . import daemon_control
+
+    paths = Paths(state_dir=args.state_dir, runtime_dir=args.runtime_dir)
+    current = daemon_control.status(paths)
+    if not current.running:
+        print(f"nsproxyd is not running ({paths.pidfile})")
         return EXIT_OK
-    print(f"ledger {paths.ledger}: {len(namespaces)} namespace(s), {len(links)} link(s) owned")
-    for n in namespaces:
-        print(f"  netns {n['name']:<24} tenant {n['tenant']:<20} {n['state']}")
-    for link in links:
-        where = f"{link['netns']}/{link['name']}"
-        print(f"  link  {where} ({link['kind']}, ifindex {link['ifindex']}) tenant {link['tenant']}")
-    print(f"runtime config {paths.config}: generation {report['config']['generation'] or '(none)'}")
-    running = {True: "running", False: "not running", None: "unknown"}[daemon["running"]]
-    pid = f" (pid {daemon['pid']})" if daemon["pid"] else ""
-    print(f"daemon: {running}{pid}, generation {daemon['generation'] or '(none)'}")
+    if daemon_control.stop(paths, timeout=args.timeout):
+        print(f"nsproxyd (pid {current.pid}) stopped")
+    else:
+        print(f"nsproxyd (pid {current.pid}) did not exit within {args.timeout:g} s after SIGTERM: killed")
     return EXIT_OK
 
 
@@ -269,17 +265,9 @@ def _status(args: argparse.Namespace) -> int:
 
 def _fail(output: str, errors: list[str], note: str | None = None) -> int:
     if output == "json":
-        _print_json(
-            {
-                "changed": False,
-                "in_sync": False,
-                "actions": [],
-                "conflicts": [],
-                "errors": errors,
-                "daemon": {"action": "skipped", "generation": None},
-                "diff": {},
-            }
-        )
+        from .plan_render import failure_report
+
+        _print_json(failure_report(errors))
     else:
         for error in errors:
             print(error if note else f"nsproxy: error: {error}", file=sys.stderr)

@@ -24,8 +24,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from . import procinfo
-from .runtime_config import Paths
+from . import atomicfile, procinfo
+from .errors import DaemonError, StateFileError
+from .identity import NetnsIdentity
+from .kernel.observed import ServedTenant
+from .paths import DAEMON_TIMEOUT, DEFAULT_RUNTIME_DIR, DRAIN_TIMEOUT, STOP_TIMEOUT, Paths
+
+__all__ = ["SUPERVISOR", "DaemonError", "DaemonStatus", "DaemonSupervisor", "ensure_daemon", "status", "stop"]
 
 DaemonAction = Literal["launched", "reloaded", "unchanged"]
 
@@ -34,14 +39,6 @@ STATUS_TIMEOUT = 2.0  # seconds for one admin request in status()
 POLL_INTERVAL = 0.02
 LOG_TAIL_LINES = 15
 UNIT_CHECK_EVERY = 25  # polls between `systemctl is-failed` checks while waiting
-_DEFAULT_RUNTIME_DIR = Paths().runtime_dir
-
-# Daemons this process started detached: kept so they can be reaped (no zombie looks alive).
-_children: dict[int, subprocess.Popen[bytes]] = {}
-
-
-class DaemonError(RuntimeError):
-    """The daemon could not be started or did not take the new config; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -106,67 +103,6 @@ def _read_pid(pidfile: str) -> int | None:
         return None
 
 
-_exit_codes: dict[int, int] = {}  # exit status of reaped children, for error messages
-
-
-def _reap(pid: int) -> None:
-    child = _children.get(pid)
-    if child is not None and child.poll() is not None:
-        _exit_codes[pid] = child.returncode
-        del _children[pid]
-
-
-def _describe_exit(pid: int) -> str:
-    child = _children.pop(pid, None)
-    if child is not None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            _exit_codes[pid] = child.wait(timeout=5.0)
-    code = _exit_codes.get(pid)
-    if code is None:
-        return "exited"
-    return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
-
-
-def is_nsproxyd(pid: int) -> bool:
-    """Whether `pid` is a live (not zombie) nsproxyd process."""
-    _reap(pid)
-    alive = procinfo.nsproxyd_alive(pid)
-    return pid in _children if alive is None else alive  # unreadable: trust it only if we started it
-
-
-def status(paths: Paths) -> DaemonStatus:
-    """What is running now, without side effects (used by plan and --check)."""
-    pid = _read_pid(paths.pidfile)
-    if pid is None or not is_nsproxyd(pid):
-        return DaemonStatus(running=False)
-    ready = _readiness(paths)
-    if not ready:
-        return DaemonStatus(running=True, pid=pid)
-    return DaemonStatus(
-        running=True, pid=pid, generation=ready.get("generation"), failed=tuple(ready.get("failed", ()))
-    )
-
-
-def _log_tail(paths: Paths, unit: str | None = None) -> str:
-    """The daemon's last log lines: the journal of its unit under systemd, else its log file."""
-    lines: list[str] = []
-    if unit and shutil.which("journalctl"):
-        out = subprocess.run(
-            ["journalctl", "-u", f"{unit}.service", "-n", str(LOG_TAIL_LINES), "--no-pager", "-o", "cat"],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        lines = out.stdout.splitlines()
-    else:
-        try:
-            with open(paths.log_file, errors="replace") as f:
-                lines = f.read().splitlines()[-LOG_TAIL_LINES:]
-        except OSError:
-            pass
-    return "\n".join(lines) if lines else "(no log output)"
-
-
 def systemd_is_init() -> bool:
     try:
         with open("/proc/1/comm") as f:
@@ -189,7 +125,7 @@ def _unit_name(paths: Paths) -> tuple[str, bool]:
     props = dict(line.partition("=")[::2] for line in out.stdout.splitlines())
     if props.get("LoadState") == "loaded" and paths.config in props.get("ExecStart", ""):
         return UNIT, True
-    if paths.runtime_dir == _DEFAULT_RUNTIME_DIR:
+    if paths.runtime_dir == DEFAULT_RUNTIME_DIR:
         return UNIT, False
     return f"{UNIT}-{hashlib.sha256(paths.runtime_dir.encode()).hexdigest()[:8]}", False
 
@@ -199,7 +135,8 @@ def _unit_failed(unit: str) -> bool:
     return out.returncode == 0
 
 
-def _daemon_argv(paths: Paths) -> list[str]:
+def daemon_argv(paths: Paths) -> list[str]:
+    """The daemon's command line: the applier's own Python, so both run the same code."""
     return [
         sys.executable,
         "-m",
@@ -211,57 +148,271 @@ def _daemon_argv(paths: Paths) -> list[str]:
     ]
 
 
-def _launch(paths: Paths) -> tuple[int | None, str | None]:
-    """Start the daemon; (pid of a detached child or None, systemd unit or None)."""
-    os.makedirs(paths.runtime_dir, mode=0o755, exist_ok=True)
-    os.makedirs(os.path.dirname(paths.log_file), mode=0o755, exist_ok=True)
-    if systemd_is_init():
-        unit, installed = _unit_name(paths)
-        if installed:
-            cmd = ["systemctl", "start", f"{unit}.service"]
-        else:
-            cmd = ["systemd-run", "--unit", unit, "--collect", "--quiet", "-p", "KillMode=mixed", *_daemon_argv(paths)]
-        out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if out.returncode != 0:
-            raise DaemonError(f"{' '.join(cmd[:3])} failed: {out.stderr.strip() or out.stdout.strip()}")
-        return None, unit
-    with open(paths.log_file, "ab") as log:
-        child = subprocess.Popen(
-            _daemon_argv(paths),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            cwd="/",
+def log_tail(paths: Paths, unit: str | None = None) -> str:
+    """The daemon's last log lines: the journal of its unit under systemd, else its log file."""
+    lines: list[str] = []
+    if unit and shutil.which("journalctl"):
+        out = subprocess.run(
+            ["journalctl", "-u", f"{unit}.service", "-n", str(LOG_TAIL_LINES), "--no-pager", "-o", "cat"],
+            capture_output=True,
+            text=True,
+            check=False,
         )
-    _children[child.pid] = child
-    return child.pid, None
+        lines = out.stdout.splitlines()
+    else:
+        try:
+            with open(paths.log_file, errors="replace") as f:
+                lines = f.read().splitlines()[-LOG_TAIL_LINES:]
+        except OSError:
+            pass
+    return "\n".join(lines) if lines else "(no log output)"
 
 
-def _wait_for(paths: Paths, generation: str, deadline: float, pid: int | None, unit: str | None) -> None:
-    """Poll /readyz until `generation` is active and nothing is draining, or raise with the reason."""
-    last: dict[str, Any] | None = None
-    polls = 0
-    while True:
-        polls += 1
-        if unit is not None and polls % UNIT_CHECK_EVERY == 0 and _unit_failed(unit):
-            raise DaemonError(f"unit {unit}.service failed; last log lines:\n{_log_tail(paths, unit)}")
-        if pid is not None and not is_nsproxyd(pid):
-            raise DaemonError(
-                f"nsproxyd (pid {pid}) {_describe_exit(pid)} before serving generation {generation}; "
-                f"last log lines:\n{_log_tail(paths, unit)}"
+def _drain_timeout(paths: Paths) -> float:
+    try:
+        with open(paths.config) as f:
+            return float(json.load(f)["daemon"]["drain_timeout"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return DRAIN_TIMEOUT
+
+
+class DaemonSupervisor:
+    """Launches, watches, reloads and stops nsproxyd; remembers the daemons it started detached.
+
+    Those children are kept so they can be reaped (no zombie looks alive) and their exit status
+    reported. One supervisor per applier process (SUPERVISOR); tests may make their own.
+    """
+
+    def __init__(self) -> None:
+        self.children: dict[int, subprocess.Popen[bytes]] = {}
+        self._exit_codes: dict[int, int] = {}  # exit status of reaped children, for error messages
+
+    # -- children --------------------------------------------------------------------------------
+
+    def _reap(self, pid: int) -> None:
+        child = self.children.get(pid)
+        if child is not None and child.poll() is not None:
+            self._exit_codes[pid] = child.returncode
+            del self.children[pid]
+
+    def _describe_exit(self, pid: int) -> str:
+        child = self.children.pop(pid, None)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._exit_codes[pid] = child.wait(timeout=5.0)
+        code = self._exit_codes.get(pid)
+        if code is None:
+            return "exited"
+        return f"was killed by signal {-code}" if code < 0 else f"exited with status {code}"
+
+    def kill_children(self) -> None:
+        """SIGKILL the process group of every daemon this supervisor started that still runs."""
+        for pid, child in list(self.children.items()):
+            if child.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+                child.wait(timeout=10)
+            self.children.pop(pid, None)
+
+    def is_nsproxyd(self, pid: int) -> bool:
+        """Whether `pid` is a live (not zombie) nsproxyd process."""
+        self._reap(pid)
+        alive = procinfo.nsproxyd_alive(pid)
+        return pid in self.children if alive is None else alive  # unreadable: trust it only if we started it
+
+    # -- status ----------------------------------------------------------------------------------
+
+    def status(self, paths: Paths) -> DaemonStatus:
+        """What is running now, without side effects (used by plan and --check)."""
+        pid = _read_pid(paths.pidfile)
+        if pid is None or not self.is_nsproxyd(pid):
+            return DaemonStatus(running=False)
+        ready = _readiness(paths)
+        if not ready:
+            return DaemonStatus(running=True, pid=pid)
+        return DaemonStatus(
+            running=True, pid=pid, generation=ready.get("generation"), failed=tuple(ready.get("failed", ()))
+        )
+
+    # -- launching and reloading -------------------------------------------------------------------
+
+    def launch(self, paths: Paths) -> tuple[int | None, str | None]:
+        """Start the daemon; (pid of a detached child or None, systemd unit or None)."""
+        atomicfile.ensure_dir(paths.runtime_dir)
+        atomicfile.ensure_dir(os.path.dirname(paths.log_file))
+        if systemd_is_init():
+            unit, installed = _unit_name(paths)
+            if installed:
+                cmd = ["systemctl", "start", f"{unit}.service"]
+            else:
+                cmd = [
+                    "systemd-run",
+                    "--unit",
+                    unit,
+                    "--collect",
+                    "--quiet",
+                    "-p",
+                    "KillMode=mixed",
+                    *daemon_argv(paths),
+                ]
+            out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if out.returncode != 0:
+                raise DaemonError(f"{' '.join(cmd[:3])} failed: {out.stderr.strip() or out.stdout.strip()}")
+            return None, unit
+        try:
+            log = open(paths.log_file, "ab")  # noqa: SIM115  # closed below, once the child has it
+        except OSError as e:
+            raise StateFileError(paths.log_file, "open the daemon's log", e) from None
+        with log:
+            child = subprocess.Popen(
+                daemon_argv(paths),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                close_fds=True,
+                cwd="/",
             )
-        last = _readiness(paths, timeout=max(0.1, min(STATUS_TIMEOUT, deadline - time.monotonic())))
-        if last and last.get("ready") and last.get("generation") == generation and not last.get("draining"):
+        self.children[child.pid] = child
+        return child.pid, None
+
+    def _wait_for(self, paths: Paths, generation: str, deadline: float, pid: int | None, unit: str | None) -> None:
+        """Poll /readyz until `generation` is active and nothing is draining, or raise with the reason."""
+        last: dict[str, Any] | None = None
+        polls = 0
+        while True:
+            polls += 1
+            if unit is not None and polls % UNIT_CHECK_EVERY == 0 and _unit_failed(unit):
+                raise DaemonError(f"unit {unit}.service failed; last log lines:\n{log_tail(paths, unit)}")
+            if pid is not None and not self.is_nsproxyd(pid):
+                raise DaemonError(
+                    f"nsproxyd (pid {pid}) {self._describe_exit(pid)} before serving generation {generation}; "
+                    f"last log lines:\n{log_tail(paths, unit)}"
+                )
+            last = _readiness(paths, timeout=max(0.1, min(STATUS_TIMEOUT, deadline - time.monotonic())))
+            if last and _applied(last) and last.get("generation") == generation and not last.get("draining"):
+                return
+            if time.monotonic() >= deadline:
+                seen = f"it reports generation {last.get('generation')}" if last else "its admin API did not answer"
+                raise DaemonError(
+                    f"nsproxyd did not report generation {generation} active in time ({seen}); "
+                    f"last log lines:\n{log_tail(paths, unit)}"
+                )
+            time.sleep(POLL_INTERVAL)
+
+    def _reload(self, paths: Paths, pid: int, generation: str, deadline: float) -> None:
+        """POST /reload (answers after removed tenants drained); SIGHUP when the admin API is unreachable."""
+        try:
+            code, body = admin_request(paths, "POST", "/reload", timeout=max(1.0, deadline - time.monotonic()))
+        except OSError:
+            os.kill(pid, signal.SIGHUP)
+            self._wait_for(paths, generation, deadline, pid, None)
             return
-        if time.monotonic() >= deadline:
-            seen = f"it reports generation {last.get('generation')}" if last else "its admin API did not answer"
+        if code != 200 or not isinstance(body, dict) or not body.get("ok"):
+            reason = body.get("error") if isinstance(body, dict) else body
+            raise DaemonError(f"nsproxyd rejected the reload: {reason}")
+        if body.get("generation") != generation:
             raise DaemonError(
-                f"nsproxyd did not report generation {generation} active in time ({seen}); "
-                f"last log lines:\n{_log_tail(paths, unit)}"
+                f"nsproxyd reloaded generation {body.get('generation')}, expected {generation} "
+                f"(was {paths.config} rewritten meanwhile?)"
             )
-        time.sleep(POLL_INTERVAL)
+
+    def ensure_daemon(self, paths: Paths, generation: str, *, timeout: float = DAEMON_TIMEOUT) -> DaemonAction:
+        """Make the daemon serve config generation `generation` from paths.config.
+
+        Launch if not running, reload if it serves another generation, nothing if it already serves
+        this one. Returns only once the daemon reports `generation` active and listeners of removed
+        tenants are closed (so their namespaces can be deleted). Raises DaemonError with the reason.
+        """
+        # A reload waits for removed tenants to drain, so allow the configured drain time on top.
+        deadline = time.monotonic() + max(timeout, _drain_timeout(paths) + 5.0)
+        current = self.status(paths)
+        if current.running and current.pid is not None:
+            if current.generation == generation and not _needs_retry(paths):
+                self._wait_for(paths, generation, deadline, current.pid, None)  # returns at once unless draining
+                return "unchanged"
+            self._reload(paths, current.pid, generation, deadline)
+            return "reloaded"
+        pid, unit = self.launch(paths)
+        self._wait_for(paths, generation, time.monotonic() + timeout, pid, unit)
+        return "launched"
+
+    def stop(self, paths: Paths, timeout: float = STOP_TIMEOUT) -> bool:
+        """SIGTERM the daemon and wait for it to exit; SIGKILL after `timeout`. False if it had to be killed."""
+        pid = _read_pid(paths.pidfile)
+        if pid is None or not self.is_nsproxyd(pid):
+            return True
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            child = self.children.get(pid)
+            if child is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.wait(timeout=POLL_INTERVAL)
+            if not self.is_nsproxyd(pid):
+                return True
+            time.sleep(POLL_INTERVAL)
+        if self.is_nsproxyd(pid):  # re-checked: never signal a recycled pid
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        child = self.children.pop(pid, None)
+        if child is not None:
+            child.wait()
+        return False
+
+
+def served_tenants(paths: Paths, timeout: float = STATUS_TIMEOUT) -> dict[str, ServedTenant] | None:
+    """The tenants the daemon serves, from /tenants (draining ones left out); None if it does not answer."""
+    try:
+        _, body = admin_request(paths, "GET", "/tenants", timeout)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(body, dict) or not isinstance(body.get("tenants"), list):
+        return None
+    out = {}
+    for t in body["tenants"]:
+        if not isinstance(t, dict) or t.get("state") == "draining":
+            continue
+        netns = t.get("netns")
+        identity = NetnsIdentity.from_json(netns.get("identity")) if isinstance(netns, dict) else None
+        out[str(t.get("name"))] = ServedTenant(str(t.get("state")), identity, t.get("last_error"))
+    return out
+
+
+def await_tenants(paths: Paths, expected: dict[str, NetnsIdentity | None], timeout: float) -> dict[str, str]:
+    """Wait until each tenant of `expected` serves in the namespace with that identity, or failed
+    in it; returns the ones that do not serve, with why (empty: all serve).
+
+    A tenant failed in another namespace than the kernel's (the daemon has not seen a namespace
+    re-created just now yet) is waited for: the daemon rebinds by itself within a second.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        served = served_tenants(paths, timeout=max(0.1, min(STATUS_TIMEOUT, deadline - time.monotonic())))
+        pending: dict[str, str] = {}
+        failed: dict[str, str] = {}
+        for name, identity in expected.items():
+            seen = (served or {}).get(name)
+            if seen is None:
+                pending[name] = "the daemon does not report it" if served is not None else "the daemon does not answer"
+                continue
+            here = identity is not None and identity.same(seen.identity)
+            if seen.state == "serving" and here:
+                continue
+            if seen.state == "serving":
+                pending[name] = f"serving in namespace {seen.identity}, not in {identity}"
+            elif seen.state == "failed" and here:
+                failed[name] = seen.error or "failed"
+            else:
+                pending[name] = f"{seen.state}: {seen.error}" if seen.error else seen.state
+        if not pending or time.monotonic() >= deadline:
+            return {**failed, **{name: f"{why} (after {timeout:g} s)" for name, why in pending.items()}}
+        time.sleep(POLL_INTERVAL * 5)
+
+
+def _applied(ready: dict[str, Any]) -> bool:
+    """The daemon applied its config (/readyz "applied"; older daemons only said "ready")."""
+    return bool(ready.get("applied", ready.get("ready")))
 
 
 def _needs_retry(paths: Paths) -> bool:
@@ -289,72 +440,8 @@ def _needs_retry(paths: Paths) -> bool:
     return False
 
 
-def _drain_timeout(paths: Paths) -> float:
-    try:
-        with open(paths.config) as f:
-            return float(json.load(f)["daemon"]["drain_timeout"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 30.0
-
-
-def _reload(paths: Paths, pid: int, generation: str, deadline: float) -> None:
-    """POST /reload (answers after removed tenants drained); SIGHUP when the admin API is unreachable."""
-    try:
-        code, body = admin_request(paths, "POST", "/reload", timeout=max(1.0, deadline - time.monotonic()))
-    except OSError:
-        os.kill(pid, signal.SIGHUP)
-        _wait_for(paths, generation, deadline, pid, None)
-        return
-    if code != 200 or not isinstance(body, dict) or not body.get("ok"):
-        reason = body.get("error") if isinstance(body, dict) else body
-        raise DaemonError(f"nsproxyd rejected the reload: {reason}")
-    if body.get("generation") != generation:
-        raise DaemonError(
-            f"nsproxyd reloaded generation {body.get('generation')}, expected {generation} "
-            f"(was {paths.config} rewritten meanwhile?)"
-        )
-
-
-def ensure_daemon(paths: Paths, generation: str, *, timeout: float = 30.0) -> DaemonAction:
-    """Make the daemon serve config generation `generation` from paths.config.
-
-    Launch if not running, reload if it serves another generation, nothing if it already serves
-    this one. Returns only once the daemon reports `generation` active and listeners of removed
-    tenants are closed (so their namespaces can be deleted). Raises DaemonError with the reason.
-    """
-    # A reload waits for removed tenants to drain, so allow the configured drain time on top.
-    deadline = time.monotonic() + max(timeout, _drain_timeout(paths) + 5.0)
-    current = status(paths)
-    if current.running and current.pid is not None:
-        if current.generation == generation and not _needs_retry(paths):
-            _wait_for(paths, generation, deadline, current.pid, None)  # returns at once unless draining
-            return "unchanged"
-        _reload(paths, current.pid, generation, deadline)
-        return "reloaded"
-    pid, unit = _launch(paths)
-    _wait_for(paths, generation, time.monotonic() + timeout, pid, unit)
-    return "launched"
-
-
-def stop(paths: Paths, timeout: float = 30.0) -> bool:
-    """SIGTERM the daemon and wait for it to exit; SIGKILL after `timeout`. False if it had to be killed."""
-    pid = _read_pid(paths.pidfile)
-    if pid is None or not is_nsproxyd(pid):
-        return True
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        child = _children.get(pid)
-        if child is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=POLL_INTERVAL)
-        if not is_nsproxyd(pid):
-            return True
-        time.sleep(POLL_INTERVAL)
-    if is_nsproxyd(pid):  # re-checked: never signal a recycled pid
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    child = _children.pop(pid, None)
-    if child is not None:
-        child.wait()
-    return False
+SUPERVISOR = DaemonSupervisor()  # this process's; the module functions below are its methods
+status = SUPERVISOR.status
+ensure_daemon = SUPERVISOR.ensure_daemon
+stop = SUPERVISOR.stop
+is_nsproxyd = SUPERVISOR.is_nsproxyd

@@ -22,6 +22,7 @@ class Limits:
     idle_timeout: float = 60.0  # seconds a keep-alive client connection may sit idle
     connect_timeout: float = 5.0  # seconds to connect to the upstream
     read_timeout: float = 60.0  # seconds to wait for upstream response bytes
+    body_timeout: float = 60.0  # seconds to receive the whole request body once its head arrived (slow-body guard)
     max_header_bytes: int = 65536  # request line + headers
     max_body_bytes: int = 100 * 1024 * 1024  # request body
     max_connections: int = 1024  # concurrent client connections per tenant
@@ -80,6 +81,18 @@ class NetnsRef:
     @classmethod
     def named(cls, name: str) -> NetnsRef:
         return cls(path=f"{NETNS_RUN_DIR}/{name}", name=name)
+
+    @staticmethod
+    def name_at(path: str) -> str | None:
+        """The name of a named namespace's path (/run/netns/<name>); None for any other path."""
+        head, sep, name = path.rpartition("/")
+        return name if sep and head == NETNS_RUN_DIR and name else None
+
+    @staticmethod
+    def label_of(path: str) -> str:
+        """How messages name the namespace at `path`: its name, or path:<path>."""
+        name = NetnsRef.name_at(path)
+        return name if name is not None else f"path:{path}"
 
     def describe(self) -> str:
         return self.name if self.name is not None else f"path:{self.path}"

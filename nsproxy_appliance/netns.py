@@ -4,6 +4,9 @@ and named-namespace create/delete without forking.
 A thread's network namespace is per OS thread (see shared/seeds). Everything here switches the
 *calling* thread only, and always switches back before returning. If switching back ever fails
 the process exits at once: code must never keep running in the wrong namespace.
+
+Where named namespaces live is NetnsRef's business (model.py); the helpers taking a name here
+ask it for the path.
 """
 
 from __future__ import annotations
@@ -13,12 +16,16 @@ import ctypes
 import errno
 import os
 import socket
+import struct
 import sys
 import threading
 from collections.abc import Iterator
-from typing import NamedTuple
 
-from .model import NETNS_RUN_DIR
+from .errors import NsproxyError
+from .identity import NetnsIdentity
+from .model import NETNS_RUN_DIR, NetnsRef
+
+__all__ = ["NetnsError", "NetnsIdentity"]
 
 CLONE_NEWNET = 0x40000000
 MS_BIND = 0x1000
@@ -26,6 +33,7 @@ MS_REC = 0x4000
 MS_SHARED = 1 << 20
 MNT_DETACH = 0x2
 EXIT_WRONG_NAMESPACE = 70  # EX_SOFTWARE
+SO_NETNS_COOKIE = 71  # Linux 5.14+: a 64-bit id never reused while the system runs
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -37,27 +45,26 @@ _home_lock = threading.Lock()
 _home_fd: int | None = None
 
 
-class NetnsError(OSError):
+class NetnsError(NsproxyError, OSError):
     """A namespace operation failed; the message says which namespace and why."""
 
 
-class NetnsIdentity(NamedTuple):
-    """What makes a namespace unique: two paths (or a name reused after delete) differ here."""
-
-    dev: int
-    ino: int
-
-    def __str__(self) -> str:
-        return f"{self.dev}:{self.ino}"
-
-
 def identity(path: str) -> NetnsIdentity:
+    """(st_dev, st_ino) of the namespace at `path`; its cookie needs a socket inside (cookie_of)."""
     st = os.stat(path)
     return NetnsIdentity(st.st_dev, st.st_ino)
 
 
+def cookie_of(sock: socket.socket) -> int | None:
+    """The cookie of the namespace `sock` was made in; None on kernels without SO_NETNS_COOKIE."""
+    try:
+        return int(struct.unpack("=Q", sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0])
+    except OSError:
+        return None
+
+
 def named_path(name: str) -> str:
-    return f"{NETNS_RUN_DIR}/{name}"
+    return NetnsRef.named(name).path
 
 
 def _check(rc: int, what: str) -> None:
@@ -90,7 +97,7 @@ def entered(path: str) -> Iterator[None]:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
-        raise NetnsError(e.errno, f"cannot open network namespace {path}: {e.strerror}") from None
+        raise NetnsError(e.errno or 0, f"cannot open network namespace {path}: {e.strerror}") from None
     try:
         _check(_libc.setns(fd, CLONE_NEWNET), f"cannot enter network namespace {path}")
     finally:
@@ -126,15 +133,44 @@ def socket_in_new_netns(family: int, type_: int, proto: int = 0) -> socket.socke
         _restore(home)
 
 
-def exists(name: str) -> bool:
-    """Whether /run/netns/<name> is a live namespace (not a stale file left after a reboot).
+def unshared(what: str = "a network namespace") -> int:
+    """A new, still anonymous namespace, held by the returned fd (close it to let it go).
 
-    A live one is an nsfs bind mount, so its device differs from the directory's.
+    Nothing names it yet: if the process dies now, the namespace dies with it. bind_named() gives
+    it its name; in between the caller can learn its identity (fd_identity) and record it.
+    """
+    home = home_fd()
+    _check(_libc.unshare(CLONE_NEWNET), f"cannot create {what}")
+    try:
+        return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        _restore(home)
+
+
+def fd_path(fd: int) -> str:
+    """A path that opens the namespace held by `fd` (for entered() and socket_in())."""
+    return f"/proc/self/fd/{fd}"
+
+
+def fd_identity(fd: int) -> NetnsIdentity:
+    st = os.fstat(fd)
+    return NetnsIdentity(st.st_dev, st.st_ino)
+
+
+def is_mounted(path: str) -> bool:
+    """Whether a namespace is bound at `path` (not a stale mount point file left after a reboot).
+
+    A live one is an nsfs bind mount, so its device differs from its directory's.
     """
     try:
-        return os.stat(named_path(name)).st_dev != os.stat(NETNS_RUN_DIR).st_dev
+        return os.stat(path).st_dev != os.stat(os.path.dirname(path) or "/").st_dev
     except FileNotFoundError:
         return False
+
+
+def exists(name: str) -> bool:
+    """Whether the named namespace `name` is a live namespace."""
+    return is_mounted(named_path(name))
 
 
 def _ensure_run_dir() -> None:
@@ -149,33 +185,37 @@ def _ensure_run_dir() -> None:
     _check(_libc.mount(b"none", target, b"none", MS_SHARED | MS_REC, None), f"cannot make {NETNS_RUN_DIR} shared")
 
 
-def create_named(name: str) -> NetnsIdentity:
-    """Create /run/netns/<name> like `ip netns add`, in this thread, without a fork."""
+def bind_named(fd: int, name: str) -> NetnsIdentity:
+    """Name the namespace held by `fd`: bind it to /run/netns/<name>, like `ip netns add` does."""
     _ensure_run_dir()
     path = named_path(name)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
+        mount_point = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0)
     except FileExistsError:
-        if exists(name):
+        if is_mounted(path):
             raise NetnsError(errno.EEXIST, f"network namespace {name} already exists") from None
         # A stale mount point file (e.g. left by a crash): reuse it.
     else:
-        os.close(fd)
-    home = home_fd()
+        os.close(mount_point)
     try:
-        _check(_libc.unshare(CLONE_NEWNET), f"cannot create network namespace {name}")
-        try:
-            _check(
-                _libc.mount(b"/proc/thread-self/ns/net", path.encode(), b"none", MS_BIND, None),
-                f"cannot bind network namespace {name} to {path}",
-            )
-        finally:
-            _restore(home)
+        _check(
+            _libc.mount(fd_path(fd).encode(), path.encode(), b"none", MS_BIND, None),
+            f"cannot bind network namespace {name} to {path}",
+        )
     except NetnsError:
         with contextlib.suppress(OSError):
             os.unlink(path)
         raise
     return identity(path)
+
+
+def create_named(name: str) -> NetnsIdentity:
+    """Create /run/netns/<name> like `ip netns add`, in this thread, without a fork."""
+    fd = unshared(f"network namespace {name}")
+    try:
+        return bind_named(fd, name)
+    finally:
+        os.close(fd)
 
 
 def delete_named(name: str) -> None:
@@ -189,13 +229,22 @@ def delete_named(name: str) -> None:
 
 def pids_in(ident: NetnsIdentity) -> list[int]:
     """Processes whose network namespace is `ident` (used to refuse pruning a busy netns)."""
-    pids = []
+    return pids_by_inode([ident.inode]).get(ident.inode, [])
+
+
+def pids_by_inode(inodes: list[tuple[int, int]] | set[tuple[int, int]]) -> dict[tuple[int, int], list[int]]:
+    """Processes inside each namespace of `inodes` ((dev, ino) pairs), from one pass over /proc."""
+    wanted: dict[tuple[int, int], list[int]] = {inode: [] for inode in inodes}
+    if not wanted:
+        return {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
         try:
-            if identity(f"/proc/{entry.name}/ns/net") == ident:
-                pids.append(int(entry.name))
+            st = os.stat(f"/proc/{entry.name}/ns/net")
         except OSError:
             continue
-    return pids
+        found = wanted.get((st.st_dev, st.st_ino))
+        if found is not None:
+            found.append(int(entry.name))
+    return wanted

@@ -3,61 +3,49 @@
 The applier renders it from the Manifest (after the kernel objects exist) and writes it
 atomically; the daemon reads it at start and on every reload. Its `generation` is a hash of
 the content, so "did the config change?" is a string comparison, and the daemon can report
-which generation it is serving.
+which generation it is serving. Namespaces are named by name or path, never by identity: the
+daemon resolves the identity whenever it binds (and reports it), so a namespace re-created at the
+same place needs no new config.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from . import atomicfile
+from .errors import RuntimeConfigError
 from .model import DaemonSettings, Limits, Listen, Manifest, NetnsRef, Tenant, Upstream
+from .paths import Paths
+
+__all__ = ["FORMAT_VERSION", "Paths", "RuntimeConfig", "load", "parse", "render", "write"]
 
 FORMAT_VERSION = 1
 
 
-@dataclass(frozen=True)
-class Paths:
-    """Where nsproxy keeps its files; both overridable so tests and multi-instance hosts don't collide."""
+def render(
+    manifest: Manifest,
+    paths: Paths,
+    *,
+    all_tenants: Sequence[str] | None = None,
+    excluded: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The runtime config serving `manifest`'s tenants, as a JSON-ready dict with its generation.
 
-    state_dir: str = "/var/lib/nsproxy"  # ledger (survives reboots)
-    runtime_dir: str = "/run/nsproxy"  # daemon config, pidfile, admin socket (tmpfs)
-
-    @property
-    def ledger(self) -> str:
-        return os.path.join(self.state_dir, "ledger.json")
-
-    @property
-    def lock(self) -> str:
-        return os.path.join(self.state_dir, "apply.lock")
-
-    @property
-    def config(self) -> str:
-        return os.path.join(self.runtime_dir, "config.json")
-
-    @property
-    def pidfile(self) -> str:
-        return os.path.join(self.runtime_dir, "nsproxyd.pid")
-
-    @property
-    def admin_socket(self) -> str:
-        return os.path.join(self.runtime_dir, "admin.sock")
-
-    @property
-    def log_file(self) -> str:
-        return os.path.join(self.state_dir, "nsproxyd.log")
-
-
-def render(manifest: Manifest, paths: Paths) -> dict[str, Any]:
-    """The runtime config for `manifest`, as a JSON-ready dict including its generation."""
+    `all_tenants` names every tenant of the manifest applied (default: those served) and
+    `excluded` says why the applier left some out: the daemon's /readyz and `nsproxy status` report
+    them as not serving.
+    """
+    names = list(all_tenants) if all_tenants is not None else [t.name for t in manifest.tenants]
     body = {
         "format": FORMAT_VERSION,
         "admin_socket": paths.admin_socket,
         "daemon": dict(vars(manifest.daemon)),
+        "manifest": {"tenants": names, "excluded": dict(sorted((excluded or {}).items()))},
         "tenants": [_tenant(t) for t in manifest.tenants],
     }
     return {"generation": generation_of(body), **body}
@@ -98,9 +86,21 @@ def write(config: dict[str, Any], path: str) -> bool:
                 return False
     except FileNotFoundError:
         pass
+    except OSError:
+        pass  # unreadable: replace it
     # The runtime dir is tmpfs (/run) by default: the rename need not survive a power cut.
     atomicfile.write_text(path, text, sync_directory=False)
     return True
+
+
+def read(path: str) -> dict[str, Any] | None:
+    """The config on disk as plain JSON, or None when it is absent or unreadable (for planning)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 @dataclass(frozen=True)
@@ -111,31 +111,89 @@ class RuntimeConfig:
     admin_socket: str
     daemon: DaemonSettings
     tenants: tuple[Tenant, ...]
+    excluded: Mapping[str, str] = dataclasses.field(default_factory=dict)  # manifest tenants not served: why
 
 
 def load(path: str) -> RuntimeConfig:
-    with open(path, encoding="utf-8") as f:
-        return parse(json.load(f))
+    """The runtime config at `path`, or RuntimeConfigError naming the file and the problem."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise RuntimeConfigError(f"{path}: no such file (write it with nsproxy-apply)") from None
+    except json.JSONDecodeError as e:
+        raise RuntimeConfigError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        reason = e.strerror if isinstance(e, OSError) else str(e)
+        raise RuntimeConfigError(f"{path}: cannot read: {reason}") from None
+    try:
+        return parse(data)
+    except RuntimeConfigError as e:
+        raise RuntimeConfigError(f"{path}: {e}") from None
 
 
-def parse(data: dict[str, Any]) -> RuntimeConfig:
-    if data.get("format") != FORMAT_VERSION:
-        raise ValueError(f"unsupported runtime config format {data.get('format')!r}")
-    tenants = tuple(
-        Tenant(
-            name=t["name"],
-            tenant_id=t["tenant_id"],
-            tenant_header=t["tenant_header"],
-            netns=NetnsRef(path=t["netns"]["path"], name=t["netns"]["name"]),
-            listen=tuple(Listen(host=x["host"], port=x["port"]) for x in t["listen"]),
-            upstream=Upstream(**t["upstream"]),
-            limits=Limits(**t["limits"]),
-        )
-        for t in data["tenants"]
+T = TypeVar("T")
+
+
+def _field(raw: Any, key: str, kind: type | tuple[type, ...] = object) -> Any:
+    if not isinstance(raw, dict):
+        raise RuntimeConfigError(f"expected an object with {key!r}, got {type(raw).__name__}")
+    if key not in raw:
+        raise RuntimeConfigError(f"missing field {key!r}")
+    value = raw[key]
+    if not isinstance(value, kind):
+        raise RuntimeConfigError(f"field {key!r} has the wrong type ({type(value).__name__})")
+    return value
+
+
+def _record(cls: type[T], raw: Any, where: str) -> T:
+    """A flat dataclass from a JSON object: unknown or ill-typed fields are errors, not TypeErrors."""
+    if not isinstance(raw, dict):
+        raise RuntimeConfigError(f"{where}: expected an object, got {type(raw).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # cls is a dataclass
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise RuntimeConfigError(f"unknown field {unknown[0]!r} ({cls.__name__})")
+    try:
+        return cls(**raw)
+    except TypeError as e:  # a required field is missing
+        raise RuntimeConfigError(f"{where}: {e}") from None
+
+
+def _tenant_of(raw: Any) -> Tenant:
+    if not isinstance(raw, dict):
+        raise RuntimeConfigError(f"a tenant entry is not an object: {raw!r}")
+    netns = _field(raw, "netns", dict)
+    listen = _field(raw, "listen", list)
+    return Tenant(
+        name=_field(raw, "name", str),
+        tenant_id=_field(raw, "tenant_id", str),
+        tenant_header=_field(raw, "tenant_header", str),
+        netns=NetnsRef(path=_field(netns, "path", str), name=_field(netns, "name", (str, type(None)))),
+        listen=tuple(Listen(host=_field(x, "host", str), port=_field(x, "port", int)) for x in listen),
+        upstream=_record(Upstream, _field(raw, "upstream", dict), "upstream"),
+        limits=_record(Limits, _field(raw, "limits", dict), "limits"),
     )
+
+
+def parse(data: Any) -> RuntimeConfig:
+    """A RuntimeConfig from the JSON document; RuntimeConfigError says what is wrong."""
+    if not isinstance(data, dict):
+        raise RuntimeConfigError(f"expected a JSON object, got {type(data).__name__}")
+    if data.get("format") != FORMAT_VERSION:
+        raise RuntimeConfigError(f"unsupported runtime config format {data.get('format')!r}")
+    generation = _field(data, "generation", str)
+    admin_socket = _field(data, "admin_socket", str)
+    daemon = _record(DaemonSettings, _field(data, "daemon", dict), "daemon")
+    tenants = tuple(_tenant_of(t) for t in _field(data, "tenants", list))
+    applied = data.get("manifest")  # optional: configs written before it existed lack it
+    excluded = applied.get("excluded") if isinstance(applied, dict) else None
+    if not isinstance(excluded, dict):
+        excluded = {}
     return RuntimeConfig(
-        generation=data["generation"],
-        admin_socket=data["admin_socket"],
-        daemon=DaemonSettings(**data["daemon"]),
+        generation=generation,
+        admin_socket=admin_socket,
+        daemon=daemon,
         tenants=tenants,
+        excluded={str(k): str(v) for k, v in excluded.items()},
     )

@@ -8,14 +8,12 @@ import selectors
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
+from support import REPO
 
 from nsproxy_appliance import netns
 from nsproxy_appliance.runtime_config import Paths
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Every kernel object a test creates carries this run's token, so parallel or crashed runs never
 # collide, and leftovers are recognisable.
@@ -102,3 +100,17 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             if "root" in item.keywords or "kernel" in item.keywords:
                 item.add_marker(skip)
+
+
+def pytest_sessionstart(session):
+    """Refuse to test a stale compiled data plane: Python would import the old extension, not the
+    edited source (nsproxy_appliance/daemon/compiled.py)."""
+    from nsproxy_appliance.daemon import compiled
+
+    stale = compiled.stale_modules()
+    if stale:
+        pytest.exit(
+            f"the compiled data plane is older than its source ({', '.join(stale)}): "
+            "run `bash scripts/setup.sh` to rebuild it",
+            returncode=3,
+        )

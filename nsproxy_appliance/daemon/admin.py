@@ -1,10 +1,15 @@
 """The admin API, on a unix socket in the runtime dir and optionally a host-netns TCP address.
 
 GET /healthz   the process and its loop answer
-GET /readyz    200 once the initial config is applied: {"ready", "generation", "failed", "draining"}
+GET /readyz    200 only when the config is applied and every tenant of it serves, else 503;
+               {"ready", "applied", "generation", "failed", "not_serving": {tenant: why}, "draining"}
 GET /metrics   Prometheus text
 GET /tenants   JSON: per tenant listeners, netns path and identity, state, last error, counters
 POST /reload   re-read the runtime config and apply it; answers once removed tenants are drained
+
+The unix socket (mode 0600: root only) serves all of them. The optional TCP listener
+(daemon.admin_listen), reachable by anyone who can reach that address, is read-only: /healthz,
+/readyz and /metrics; /tenants (tenant ids, upstreams) and POST /reload answer 403 there.
 
 Served by a small HTTP/1.1 protocol on httptools (the parser the data plane uses) rather than
 aiohttp: importing aiohttp.web alone costs about 15 MB of RSS and 0.2 s of start-up, which the
@@ -22,18 +27,21 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
-from . import metrics
+from ..errors import NsproxyError
+from . import metrics, reports
 
 if TYPE_CHECKING:
-    from .main import Daemon
+    from .reconciler import Reconciler
+    from .state import DaemonState
 
 log = logging.getLogger("nsproxyd")
 
-ADMIN_SOCKET_MODE = 0o660
+ADMIN_SOCKET_MODE = 0o600  # root only: the socket can reload the daemon and lists every tenant
+READ_ONLY = ("/healthz", "/readyz", "/metrics")  # all the TCP listener serves
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024  # the admin API takes no request bodies; ignore small ones
 IDLE_TIMEOUT = 60.0
@@ -51,8 +59,8 @@ REASONS = {
 }
 
 
-class AdminError(RuntimeError):
-    pass
+class AdminError(NsproxyError):
+    """The admin API cannot listen where it should; the message says where and why."""
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -93,27 +101,38 @@ def _json(status: int, body: Any) -> Reply:
 class Routes:
     """Path -> handler per method; a handler returns a Reply or an awaitable of one."""
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+    def __init__(self, state: DaemonState, reconciler: Reconciler) -> None:
+        self.state = state
+        self.reconciler = reconciler
         self.get: dict[str, Callable[[], Reply]] = {
             "/healthz": lambda: _json(200, {"status": "ok"}),
             "/readyz": self.readyz,
             "/metrics": self.metrics,
-            "/tenants": lambda: (200, JSON_TYPE, self.daemon.tenants_json()),
+            "/tenants": lambda: (200, JSON_TYPE, reports.tenants_json(self.state)),
         }
-        self.post = {"/reload": self.reload}
+        self.post: dict[str, Callable[[], Any]] = {"/reload": self.reload}
+        self.unix_only: set[str] = set()  # paths answered 403 here (they are served on the unix socket)
+
+    def read_only(self) -> Routes:
+        """The same routes without the control ones: what the TCP listener serves."""
+        view = Routes.__new__(Routes)
+        view.state, view.reconciler = self.state, self.reconciler
+        view.get = {path: handler for path, handler in self.get.items() if path in READ_ONLY}
+        view.post = {}
+        view.unix_only = (set(self.get) | set(self.post)) - set(view.get)
+        return view
 
     def readyz(self) -> Reply:
-        body = self.daemon.readiness()
+        body = reports.readiness(self.state)
         return _json(200 if body["ready"] else 503, body)
 
     def metrics(self) -> Reply:
-        return 200, metrics.CONTENT_TYPE, metrics.render(self.daemon.contexts(), self.daemon.metrics_info())
+        return 200, metrics.CONTENT_TYPE, metrics.render(self.state.contexts(), reports.metrics_info(self.state))
 
     async def reload(self) -> Reply:
-        if self.daemon.stopping:
+        if self.state.stopping:
             return _json(503, {"ok": False, "error": "nsproxyd is shutting down"})
-        result = await self.daemon.reload(trigger="admin")
+        result = await self.reconciler.reload(trigger="admin")
         return _json(200 if result["ok"] else 422, result)
 
 
@@ -133,7 +152,7 @@ class AdminProtocol(asyncio.Protocol):
 
     # -- connection -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream server's transports are Transports
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -205,7 +224,9 @@ class AdminProtocol(asyncio.Protocol):
         handler = table.get(path)
         if handler is None:
             allowed = [m for m, t in (("GET", self.routes.get), ("POST", self.routes.post)) if path in t]
-            if allowed:
+            if path in self.routes.unix_only:
+                reply = _json(403, {"error": f"{path} is served on the admin unix socket only"})
+            elif allowed:
                 reply = _json(405, {"error": f"{method} not allowed", "allow": allowed})
             else:
                 reply = _json(404, {"error": f"no such endpoint {path}"})
@@ -221,6 +242,7 @@ class AdminProtocol(asyncio.Protocol):
             self._send(result, keep_alive, head=method == "HEAD")
             return
         # A slow handler (reload): stop reading until it answers; replies stay in order.
+        assert self.transport is not None  # dispatch runs from data_received only
         self.transport.pause_reading()
         self.busy = asyncio.get_running_loop().create_task(result)
         self.busy.add_done_callback(lambda task: self._finish(task, keep_alive))
@@ -262,24 +284,30 @@ class _TooLarge(Exception):
 
 
 class AdminServer:
-    def __init__(self, daemon: Daemon, socket_path: str, tcp: str | None) -> None:
+    def __init__(self, routes: Routes, socket_path: str, tcp: str | None) -> None:
         self.socket_path = socket_path
         self.tcp = parse_host_port(tcp) if tcp else None
-        self.routes = Routes(daemon)
+        self.routes = routes
         self._servers: list[asyncio.AbstractServer] = []
         self._bound = False  # whether the socket file is ours to remove
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        factory = lambda: AdminProtocol(self.routes)  # noqa: E731
+        control = lambda: AdminProtocol(self.routes)  # noqa: E731
+        read_only = self.routes.read_only()
+        public = lambda: AdminProtocol(read_only)  # noqa: E731
         try:
             os.makedirs(os.path.dirname(self.socket_path) or ".", mode=0o755, exist_ok=True)
             remove_stale_socket(self.socket_path)
-            self._servers.append(await loop.create_unix_server(factory, self.socket_path))
+            umask = os.umask(0o177)  # the socket is never more open than its mode, not even for a moment
+            try:
+                self._servers.append(await loop.create_unix_server(control, self.socket_path))
+            finally:
+                os.umask(umask)
             self._bound = True
             os.chmod(self.socket_path, ADMIN_SOCKET_MODE)
             if self.tcp:
-                self._servers.append(await loop.create_server(factory, self.tcp[0], self.tcp[1], reuse_address=True))
+                self._servers.append(await loop.create_server(public, self.tcp[0], self.tcp[1], reuse_address=True))
         except (OSError, AdminError) as e:
             await self.stop()
             if isinstance(e, AdminError):

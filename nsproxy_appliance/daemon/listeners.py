@@ -11,6 +11,7 @@ a namespace that now has another identity (deleted and recreated) gets all its s
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from ..netns import NetnsIdentity
 log = logging.getLogger("nsproxyd")
 
 LISTEN_BACKLOG = 1024
+CLIENT_SNDBUF = 256 * 1024  # bytes asked for (the kernel doubles it): flow_control.HIGH_WATER on top
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
@@ -72,6 +74,10 @@ def make_sockets(netns_path: str, listens: list[Listen]) -> tuple[dict[Listen, s
     for listen, sock in raw:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            # Accepted connections inherit the listener's send buffer: bounded, so a client that never
+            # reads makes the kernel hold little for it (autotuning would let it grow to tcp_wmem's
+            # maximum per connection) and one tenant's slow readers cannot slow the others.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, CLIENT_SNDBUF)
             if sock.family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((listen.host, listen.port))
@@ -100,6 +106,8 @@ async def sync(
     path = tenant.netns.path
     try:
         ident = netns.identity(path)
+        if not netns.is_mounted(path):  # a stale mount point file, or `ip netns add` half done
+            raise OSError(errno.ENOENT, "no network namespace is bound there")
     except OSError as e:
         had = current.identity is not None
         current.close()
@@ -107,7 +115,7 @@ async def sync(
         current.errors = {listen: "namespace unavailable" for listen in tenant.listen}
         return had, f"network namespace {tenant.netns.describe()} ({path}) unavailable: {e.strerror or e}"
 
-    changed = current.identity is not None and current.identity != ident
+    changed = current.identity is not None and not current.identity.same(ident)
     if changed:
         log.info("tenant %s: namespace %s has a new identity %s, re-creating listeners", tenant.name, path, ident)
         current.close()
@@ -122,7 +130,9 @@ async def sync(
             current.identity = None
             current.errors = dict.fromkeys(missing, "namespace unavailable")
             return changed, str(e)
-        current.identity = ident
+        # the cookie of the namespace the sockets were made in: /tenants reports the full identity
+        cookie = next((netns.cookie_of(sock) for sock in made.values()), None)
+        current.identity = ident.with_cookie(cookie) if cookie is not None else ident
         for listen, sock in made.items():
             try:
                 current.servers[listen] = await loop.create_server(factory, sock=sock, backlog=LISTEN_BACKLOG)
@@ -130,7 +140,7 @@ async def sync(
                 sock.close()
                 errors[listen] = f"cannot serve on {listen}: {e.strerror or e}"
         current.errors = errors
-    else:
+    elif current.identity is None or not current.identity.same(ident):
         current.identity = ident
     if current.errors:
         return changed, "; ".join(current.errors.values())

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 MAX_IDLE_PER_POOL = 128  # idle keep-alive connections kept per tenant
 POOL_IDLE_TIMEOUT = 30.0  # seconds an idle pooled connection is kept (below common upstream keepalive)
 MAX_RESPONSE_HEAD = 64 * 1024  # bytes; a longer response head is a bad response
+UPSTREAM_RCVBUF = 256 * 1024  # bytes asked for (the kernel doubles it) per upstream connection
 
 
 class UpstreamSink(Protocol):
@@ -120,6 +121,12 @@ class UpstreamConnection(LazyTimer):
         self.transport = transport = cast(asyncio.Transport, transport)  # uvloop's does not subclass it
         self.gate = ReadGate(transport)
         transport.set_write_buffer_limits(HIGH_WATER, LOW_WATER)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # What the upstream sent and the client has not read yet waits here: bounded, like the
+            # client side's send buffer (listeners.CLIENT_SNDBUF), rather than autotuned per connection.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UPSTREAM_RCVBUF)
         peer = transport.get_extra_info("peername")  # once per connection: for the access log
         self.peer_label = (
             (f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}")

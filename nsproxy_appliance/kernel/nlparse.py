@@ -3,8 +3,10 @@
 pyroute2's generic decoder builds an object for each of the ~40 attributes of every link
 message (~0.17 ms per link, measured: most of a no-op run over 1000 namespaces). Observation
 only needs the ifinfomsg/ifaddrmsg headers and three or four attributes, so this module walks
-the attribute list with struct and skips the rest. Requests, changes and errors still go
-through pyroute2's codecs (rtnl.py).
+the attribute list with struct and skips the rest. The dump requests themselves are encoded by
+hand in rtnl.py; only changes to links and addresses (and their acks) go through pyroute2's
+message classes (rtnl_changes.py). tests/unit/test_nlparse.py decodes dumps captured from a real
+kernel (tests/unit/data/rtnl_dumps.json).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ IFA_LOCAL = 2
 
 
 class LinkSummary(NamedTuple):
-    index: int
+    ifindex: int
     flags: int
     name: str
     mtu: int
@@ -37,7 +39,7 @@ class LinkSummary(NamedTuple):
 
 
 class AddrSummary(NamedTuple):
-    index: int
+    ifindex: int
     family: int
     prefixlen: int
     address: str

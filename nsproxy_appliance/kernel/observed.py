@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..netns import NetnsIdentity
+from ..identity import NetnsIdentity
 
 
 def normalise_cidr(cidr: str) -> str:
@@ -44,12 +44,27 @@ class NetnsState:
     def exists(self) -> bool:
         return self.identity is not None and self.error is None
 
-    def is_(self, identity: NetnsIdentity, cookie: int | None) -> bool:
-        """Whether this is the namespace recorded as (identity, cookie); a cookie unknown on
-        either side is not held against it."""
-        if not self.exists or self.identity != identity:
+    @property
+    def full_identity(self) -> NetnsIdentity | None:
+        """(dev, ino, cookie): the one identity ledger, runtime config and daemon compare."""
+        return None if self.identity is None else self.identity.with_cookie(self.cookie)
+
+    def is_(self, identity: NetnsIdentity, cookie: int | None = None) -> bool:
+        """Whether this is the namespace recorded as `identity` (with `cookie`, if given apart);
+        a cookie unknown on either side is not held against it."""
+        if not self.exists:
             return False
-        return cookie is None or self.cookie is None or cookie == self.cookie
+        recorded = identity if cookie is None else identity.with_cookie(cookie)
+        return recorded.same(self.full_identity)
+
+
+@dataclass(frozen=True)
+class ServedTenant:
+    """One tenant as the daemon reports it in /tenants."""
+
+    state: str  # starting | serving | failed | draining
+    identity: NetnsIdentity | None = None  # the namespace its listeners live in
+    error: str | None = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +74,7 @@ class DaemonView:
     running: bool | None = None
     generation: str | None = None
     failed: tuple[str, ...] = ()  # tenants the daemon reports failed: applying again retries them
+    served: Mapping[str, ServedTenant] | None = None  # by tenant name; None when not asked or unknown
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,11 @@ import socket
 import struct
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
+from typing import Any, Protocol
 
 from .. import netns
+from ..errors import NsproxyError
+from ..identity import NetnsIdentity
 from . import nlparse
 from .observed import LinkState, normalise_cidr
 
@@ -40,14 +42,13 @@ NLMSG_DONE = 3
 IFLA_EXT_MASK = 29
 RTEXT_FILTER_SKIP_STATS = 1 << 3  # the kernel leaves out link statistics we never read
 RECV_BUFFER = 1 << 18
-SO_NETNS_COOKIE = 71  # Linux 5.14+: a 64-bit id never reused while the system runs
 
 # dump requests: nlmsghdr + ifinfomsg (+ IFLA_EXT_MASK) / ifaddrmsg, sequence number patched in
 _GETLINK_BODY = bytes(16) + struct.pack("=HHI", 8, IFLA_EXT_MASK, RTEXT_FILTER_SKIP_STATS)
 _GETADDR_BODY = bytes(8)
 
 
-class RtnlError(OSError):
+class RtnlError(NsproxyError, OSError):
     """A netlink request failed; errno and the kernel's reason are kept."""
 
 
@@ -66,15 +67,35 @@ def _changes() -> ModuleType:
     return rtnl_changes
 
 
+class LinkChannel(Protocol):
+    """What the applier asks of a namespace's netlink channel: the seam a fake kernel implements."""
+
+    label: str
+    identity: NetnsIdentity | None
+
+    @property
+    def cookie(self) -> int | None: ...
+    def close(self) -> None: ...
+    def links(self) -> tuple[bool, dict[str, LinkState]]: ...
+    def ifindexes(self) -> set[int]: ...
+    def set_up(self, ifindex: int, what: str) -> None: ...
+    def set_mtu(self, ifindex: int, mtu: int, what: str) -> None: ...
+    def add_link(self, name: str, kind: str, mtu: int | None = None, ifindex: int | None = None) -> int: ...
+    def delete_link(self, ifindex: int, what: str) -> None: ...
+    def add_address(self, ifindex: int, cidr: str, what: str) -> None: ...
+    def remove_address(self, ifindex: int, cidr: str, what: str) -> None: ...
+
+
 class Channel:
     """One rtnetlink socket inside one namespace; requests are synchronous."""
 
-    def __init__(self, sock: socket.socket, label: str, identity: netns.NetnsIdentity | None = None):
+    def __init__(self, sock: socket.socket, label: str, identity: NetnsIdentity | None = None):
         self._sock = sock
         self._sock.bind((0, 0))
         self._seq = 0
         self.label = label  # for messages: the netns name or path
-        self.identity = identity
+        # (dev, ino) of the namespace, with its cookie (read from this very socket)
+        self.identity = None if identity is None else identity.with_cookie(self.cookie)
         self._marshal: Any = None  # pyroute2's, made on the first change
 
     @classmethod
@@ -96,10 +117,7 @@ class Channel:
     @functools.cached_property
     def cookie(self) -> int | None:
         """The namespace's cookie: unlike its inode number, never reused for another namespace."""
-        try:
-            return struct.unpack("=Q", self._sock.getsockopt(socket.SOL_SOCKET, SO_NETNS_COOKIE, 8))[0]
-        except OSError:  # older kernel: the inode number alone has to do
-            return None
+        return netns.cookie_of(self._sock)  # None on an older kernel: the inode number alone has to do
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -168,16 +186,20 @@ class Channel:
         addresses = self.addresses() if others else {}
         links = {}
         for s in others:
-            addrs = tuple(sorted(addresses.get(s.index, ())))
-            links[s.name] = LinkState(s.name, s.index, s.kind, bool(s.flags & IFF_UP), s.mtu, addrs)
+            addrs = tuple(sorted(addresses.get(s.ifindex, ())))
+            links[s.name] = LinkState(s.name, s.ifindex, s.kind, bool(s.flags & IFF_UP), s.mtu, addrs)
         return lo_up, links
+
+    def ifindexes(self) -> set[int]:
+        """Every ifindex in use in the namespace (lo's 1 included)."""
+        return {1, *(nlparse.link(*reply).ifindex for reply in self.dump(RTM_GETLINK, _GETLINK_BODY))}
 
     def addresses(self) -> dict[int, set[str]]:
         by_index: dict[int, set[str]] = {}
         for reply in self.dump(RTM_GETADDR, _GETADDR_BODY):
             addr = nlparse.address(*reply)
             if addr is not None:
-                by_index.setdefault(addr.index, set()).add(normalise_cidr(f"{addr.address}/{addr.prefixlen}"))
+                by_index.setdefault(addr.ifindex, set()).add(normalise_cidr(f"{addr.address}/{addr.prefixlen}"))
         return by_index
 
     # -- change (pyroute2 messages, see rtnl_changes) --------------------------------------------
@@ -189,9 +211,13 @@ class Channel:
     def set_mtu(self, ifindex: int, mtu: int, what: str) -> None:
         _changes().set_mtu(self, ifindex, mtu, what)
 
-    def add_link(self, name: str, kind: str, mtu: int | None = None) -> int:
-        """Create link `name` of `kind` (left down, no IPv6 link-local address); returns its ifindex."""
-        return _changes().add_link(self, name, kind, mtu)
+    def add_link(self, name: str, kind: str, mtu: int | None = None, ifindex: int | None = None) -> int:
+        """Create link `name` of `kind` (left down, no IPv6 link-local address); returns its ifindex.
+
+        With `ifindex` the kernel gives the link that index or fails (EBUSY): the applier records
+        the index in its intent before asking, so an interrupted run can recognise the link.
+        """
+        return _changes().add_link(self, name, kind, mtu, ifindex)
 
     def ifindex(self, name: str) -> int | None:
         return _changes().ifindex(self, name)

@@ -76,8 +76,10 @@ def ifindex(channel: Channel, name: str) -> int | None:
     return replies[0]["index"] if replies else None
 
 
-def add_link(channel: Channel, name: str, kind: str, mtu: int | None) -> int:
+def add_link(channel: Channel, name: str, kind: str, mtu: int | None, wanted_index: int | None = None) -> int:
     msg = ifinfmsg()
+    if wanted_index is not None:
+        msg["index"] = wanted_index
     attrs: list[tuple[str, Any]] = [("IFLA_IFNAME", name), ("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind)]})]
     if mtu is not None:
         attrs.append(("IFLA_MTU", mtu))

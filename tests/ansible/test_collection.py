@@ -17,6 +17,7 @@ import yaml
 from ansible_support import REPO, TARGET_PYTHON, VENV_BIN, Fleet, curl_in_netns
 from packaging.specifiers import SpecifierSet
 from packaging.version import Version
+from support import header_values
 
 GALAXY = yaml.safe_load((REPO / "galaxy.yml").read_text())
 FQCN_MODULE = "nsproxy.appliance.nsproxy_apply"
@@ -198,7 +199,7 @@ def test_the_installed_role_converges_a_host_by_fqcn(
     assert f"TASK [{FQCN_ROLE} : Converge the host to the manifest]" in run_.stdout
     served = curl_in_netns(tenant["name"], "http://127.0.0.1:8080/")
     assert served.returncode == 0, served.stderr
-    assert [tenant["name"]] == [v for k, v in json.loads(served.stdout)["headers"] if k.lower() == "x-tenant-id"]
+    assert header_values(json.loads(served.stdout)["headers"], "X-Tenant-ID") == [tenant["name"]]
 
 
 def test_the_build_artefact_stays_out_of_git() -> None:

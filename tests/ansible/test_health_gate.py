@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from ansible_support import Fleet, curl_in_netns
+from support import header_values
 
 from nsproxy_appliance import netns
 
@@ -37,8 +38,7 @@ def serves(tenant: dict) -> bool:
     out = curl_in_netns(tenant["name"], "http://127.0.0.1:8080/probe")
     if out.returncode != 0:
         return False
-    headers = {k.lower(): v for k, v in json.loads(out.stdout)["headers"]}
-    return headers["x-tenant-id"] == tenant["name"]
+    return header_values(json.loads(out.stdout)["headers"], "X-Tenant-ID") == [tenant["name"]]
 
 
 def test_one_failed_tenant_on_one_host_of_three_fails_that_host_with_the_reason(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 from ansible_support import CONTROLLER_NSPROXY, Fleet, SimHost, curl_in_netns, install_vars, netns_exists
+from support import header_values
 
 pytestmark = pytest.mark.root
 
@@ -24,8 +25,7 @@ def assert_serves(tenant: dict) -> None:
     name = tenant["name"]
     out = curl_in_netns(name, "http://127.0.0.1:8080/probe")
     assert out.returncode == 0, out.stderr
-    headers = {k.lower(): v for k, v in json.loads(out.stdout)["headers"]}
-    assert headers["x-tenant-id"] == tenant.get("tenant_id", name)
+    assert header_values(json.loads(out.stdout)["headers"], "X-Tenant-ID") == [tenant.get("tenant_id", name)]
 
 
 def snapshot(host: SimHost, names: list[str]) -> dict:

@@ -7,21 +7,21 @@ test, pass or fail (the `netns_cleanup` fixture from tests/conftest.py).
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from support import program, run_cli
+from support.tenants import UNUSED_UPSTREAM
 
 from nsproxy_appliance import ledger, netns
 from nsproxy_appliance.runtime_config import Paths
 
-ROOT = Path(__file__).resolve().parents[2]
-APPLY = ROOT / ".venv" / "bin" / "nsproxy-apply"
-NSPROXY = ROOT / ".venv" / "bin" / "nsproxy"
-UPSTREAM = "http://127.0.0.1:9"  # never contacted: these tests run with --no-daemon
+APPLY = Path(program("nsproxy-apply"))
+NSPROXY = Path(program("nsproxy"))
+UPSTREAM = UNUSED_UPSTREAM  # never contacted: these tests run with --no-daemon
 
 
 @dataclass
@@ -56,12 +56,19 @@ class ApplyCli:
         self.written.append(path)
         return path
 
-    def run(self, manifest: Path, *args: str, output: str = "json", program: Path = APPLY) -> Run:
-        cmd = [str(program), str(manifest), "--no-daemon", "--output", output]
-        cmd += ["--state-dir", self.paths.state_dir, "--runtime-dir", self.paths.runtime_dir, *args]
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-        assert "Traceback" not in proc.stderr, proc.stderr
+    def run(self, manifest: Path, *args: str, output: str = "json", daemon: bool = False) -> Run:
+        """nsproxy-apply MANIFEST with this test's dirs (and --no-daemon unless `daemon`)."""
+        argv = [str(manifest), *([] if daemon else ["--no-daemon"]), "--output", output]
+        argv += ["--state-dir", self.paths.state_dir, "--runtime-dir", self.paths.runtime_dir, *args]
+        proc = run_cli("nsproxy-apply", *argv)
         data = json.loads(proc.stdout) if output == "json" else None
+        return Run(proc.returncode, proc.stdout, proc.stderr, data)
+
+    def nsproxy(self, *args: str, output: str = "json") -> Run:
+        """`nsproxy ARGS`, with --output and this test's dirs appended."""
+        argv = [*args, "--output", output, "--state-dir", self.paths.state_dir, "--runtime-dir", self.paths.runtime_dir]
+        proc = run_cli("nsproxy", *argv)
+        data = json.loads(proc.stdout) if output == "json" and proc.stdout else None
         return Run(proc.returncode, proc.stdout, proc.stderr, data)
 
     def ledger(self) -> ledger.Ledger:

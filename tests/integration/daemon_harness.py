@@ -9,42 +9,29 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
 import os
-import signal
 import socket
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import support
+from support import REPO, Response, split_response, wait_until
 
 from nsproxy_appliance import daemon_control, model, netns, runtime_config
 from nsproxy_appliance.runtime_config import Paths
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.01)
+__all__ = ["Response", "wait_until"]  # re-exported for the test modules that import them from here
 
 
 # ---- upstream ----------------------------------------------------------------------------------
 
 
-def _load_echo_module():
+def _load_echo_module() -> Any:
     spec = importlib.util.spec_from_file_location("echo_upstream", REPO / "examples" / "echo_upstream.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -116,16 +103,10 @@ def tenant(
     header: str = "X-Tenant-Id",
 ) -> model.Tenant:
     url = upstream.url if isinstance(upstream, Echo) else upstream
-    hostport = url.removeprefix("http://")
-    up_host, _, up_port = hostport.rpartition(":")
-    return model.Tenant(
-        name=name,
-        netns=model.NetnsRef.named(ns_name),
-        listen=(model.Listen(host, port), *(model.Listen(h, p) for h, p in extra_listen)),
-        upstream=model.Upstream(kind="http", host=up_host, port=int(up_port), url=url),
-        tenant_id=tenant_id or name,
-        tenant_header=header,
-    )
+    return support.tenant(
+        name, ns_name, port=port, host=host, extra_listen=extra_listen, upstream_url=url, tenant_id=tenant_id,
+        header=header,
+    )  # fmt: skip
 
 
 def write_config(paths: Paths, tenants: list[model.Tenant], **daemon: Any) -> str:
@@ -141,7 +122,12 @@ def write_config(paths: Paths, tenants: list[model.Tenant], **daemon: Any) -> st
 
 def daemon_argv(paths: Paths) -> list[str]:
     """The command ensure_daemon runs when systemd is not PID 1."""
-    return daemon_control._daemon_argv(paths)
+    return daemon_control.daemon_argv(paths)
+
+
+def child_of(pid: int) -> subprocess.Popen[bytes]:
+    """The Popen of a daemon this test process launched (to kill it, or wait for its exit)."""
+    return daemon_control.SUPERVISOR.children[pid]
 
 
 @pytest.fixture
@@ -151,14 +137,10 @@ def daemon_launcher(monkeypatch, paths: Paths) -> Iterator[Paths]:
     os.makedirs(paths.state_dir, exist_ok=True)
     yield paths
     if not daemon_control.stop(paths, timeout=15):
-        print("daemon had to be killed; log:\n" + daemon_control._log_tail(paths))
-    # Daemons this test launched that are still running (e.g. another runtime dir): kill their
-    # process group. Only our own unreaped children, so a recycled pid is never signalled.
-    for pid, child in list(daemon_control._children.items()):
-        if child.poll() is None:
-            os.killpg(pid, signal.SIGKILL)
-            child.wait(timeout=10)
-        daemon_control._children.pop(pid, None)
+        print("daemon had to be killed; log:\n" + daemon_control.log_tail(paths))
+    # Daemons this test launched that are still running (e.g. another runtime dir): only our own
+    # unreaped children, so a recycled pid is never signalled.
+    daemon_control.SUPERVISOR.kill_children()
 
 
 def admin(paths: Paths, method: str, path: str, timeout: float = 30.0) -> tuple[int, Any]:
@@ -180,16 +162,6 @@ def log_text(paths: Paths) -> str:
 # ---- clients -----------------------------------------------------------------------------------
 
 
-@dataclass
-class Response:
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes = b""
-
-    def json(self) -> Any:
-        return json.loads(self.body)
-
-
 def connect_in(ns_path: str | None, host: str, port: int, timeout: float = 10.0) -> socket.socket:
     """A TCP connection made from inside the netns at `ns_path` (None: the host)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -208,16 +180,7 @@ def read_response(sock: socket.socket) -> Response:
     data = b""
     while chunk := sock.recv(65536):
         data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = _dechunk(body)
-    return Response(status, headers, body)
+    return split_response(data)[0]
 
 
 class KeepAliveClient:
@@ -229,37 +192,18 @@ class KeepAliveClient:
 
     def get(self, path: str) -> int:
         self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: ka\r\n\r\n".encode())
-        while b"\r\n\r\n" not in self.buf:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed by the proxy")
-            self.buf += chunk
-        head, _, rest = self.buf.partition(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        fields = (line.partition(":") for line in lines[1:])
-        length = next(int(v) for k, _, v in fields if k.strip().lower() == "content-length")
-        while len(rest) < length:
-            chunk = self.sock.recv(65536)
-            if not chunk:
-                raise ConnectionError("closed mid-body")
-            rest += chunk
-        self.buf = rest[length:]
-        return int(lines[0].split(" ", 2)[1])
+        while True:
+            try:
+                response, self.buf = split_response(self.buf)
+                return response.status
+            except ValueError:  # not complete yet
+                chunk = self.sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("closed by the proxy") from None
+                self.buf += chunk
 
     def close(self) -> None:
         self.sock.close()
-
-
-def _dechunk(data: bytes) -> bytes:
-    out = b""
-    while data:
-        size_line, _, rest = data.partition(b"\r\n")
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            break
-        out += rest[:size]
-        data = rest[size + 2 :]
-    return out
 
 
 def get_in(

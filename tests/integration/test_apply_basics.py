@@ -72,26 +72,14 @@ def test_check_reports_pending_changes_with_exit_2_and_changes_nothing(cli, uniq
 def test_nsproxy_plan_and_apply_subcommands_match_nsproxy_apply(cli, unique):
     name = unique("a")
     m = cli.manifest([{"name": name}])
-    base = [
-        "--no-daemon",
-        "--output",
-        "json",
-        "--state-dir",
-        cli.paths.state_dir,
-        "--runtime-dir",
-        cli.paths.runtime_dir,
-    ]
-    plan = subprocess.run([str(NSPROXY), "plan", str(m), *base], capture_output=True, text=True)
-    assert plan.returncode == 2 and not netns.exists(name)
-    apply = subprocess.run([str(NSPROXY), "apply", str(m), *base], capture_output=True, text=True)
-    assert apply.returncode == 0 and netns.exists(name)
-    status = subprocess.run(
-        [str(NSPROXY), "status", "--output", "json", "--state-dir", cli.paths.state_dir],
-        capture_output=True,
-        text=True,
-    )
-    assert status.returncode == 0, status.stderr
+    plan = cli.nsproxy("plan", str(m), "--no-daemon")
+    assert plan.rc == 2 and not netns.exists(name)
+    apply = cli.nsproxy("apply", str(m), "--no-daemon")
+    assert apply.rc == 0 and netns.exists(name)
+    status = cli.nsproxy("status")
     assert '"state": "present"' in status.stdout and name in status.stdout
+    # --no-daemon: nothing serves the tenant, and status says so (exit 1)
+    assert status.rc == 1 and status.data["not_serving"] == {name: "the daemon is not running"}
 
 
 def test_diff_shows_before_and_after_per_tenant(cli, unique):

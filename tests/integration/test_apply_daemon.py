@@ -3,12 +3,9 @@ nothing on a no-op, reload, drain removed tenants before their namespace is prun
 
 from __future__ import annotations
 
-import json
-import subprocess
-
 import pytest
-from apply_harness import APPLY
-from daemon_harness import echoed_headers, get_in
+from daemon_harness import get_in
+from support import header_values
 
 from nsproxy_appliance import daemon_control, netns
 
@@ -22,11 +19,8 @@ def stop_daemon(paths):
 
 
 def apply(cli, manifest, *args):
-    cmd = [str(APPLY), str(manifest), "--output", "json", "--state-dir", cli.paths.state_dir]
-    cmd += ["--runtime-dir", cli.paths.runtime_dir, "--lock-timeout", "60", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc.returncode, json.loads(proc.stdout)
+    run = cli.run(manifest, "--lock-timeout", "60", *args, daemon=True)
+    return run.rc, run.data
 
 
 def test_apply_launches_the_daemon_then_leaves_it_alone_then_reloads_and_drains(cli, unique, echo, stop_daemon):
@@ -39,7 +33,7 @@ def test_apply_launches_the_daemon_then_leaves_it_alone_then_reloads_and_drains(
     status = daemon_control.status(cli.paths)
     assert status.running and status.generation == out["daemon"]["generation"]
     response = get_in(netns.named_path(b), "127.0.0.1", 8080, "/hello")
-    assert response.status == 200 and echoed_headers(response)["x-tenant-id"] == ["bee"]
+    assert response.status == 200 and header_values(response.json()["headers"], "X-Tenant-Id") == ["bee"]
 
     rc, again = apply(cli, m)
     assert (rc, again["changed"], again["actions"], again["daemon"]["action"]) == (0, False, [], "unchanged")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 from apply_harness import lo_is_up, set_lo_down
+from support import tenant
 
 from nsproxy_appliance import ledger, netns
 from nsproxy_appliance.apply import Executor, RunOptions, observe
 from nsproxy_appliance.kernel.session import Kernel
-from nsproxy_appliance.model import Listen, Manifest, NetnsRef, Tenant, Upstream
+from nsproxy_appliance.model import Manifest
 from nsproxy_appliance.plan import PlanOptions, make_plan
 
 pytestmark = pytest.mark.root
@@ -71,9 +72,7 @@ def test_verify_reports_desired_state_that_does_not_hold(unique, paths, netns_cl
     """After applying, the executor re-observes what it touched; a change undone behind its back shows."""
     name = unique("v")
     netns_cleanup.append(name)
-    upstream = Upstream(kind="http", host="127.0.0.1", port=9, url="http://127.0.0.1:9")
-    t = Tenant(name, NetnsRef.named(name), (Listen("127.0.0.1", 8080),), upstream, name, "X-Tenant-ID")
-    manifest = Manifest(version=1, tenants=(t,), source="verify")
+    manifest = Manifest(version=1, tenants=(tenant(name),), source="verify")
     options = PlanOptions(paths=paths, no_daemon=True)
     owned = ledger.Ledger()
     with Kernel() as kernel:
@@ -84,6 +83,6 @@ def test_verify_reports_desired_state_that_does_not_hold(unique, paths, netns_cl
         result = executor.run()
         assert result.verify_errors == [] and result.exit_code == 0
         set_lo_down(name)  # undone right after apply
-        executor._verify()
+        executor.verify()
     assert result.verify_errors == [f"verify: {name}: left to do after apply: set_lo_up {name}/lo"]
     assert result.exit_code == 1 and not result.in_sync

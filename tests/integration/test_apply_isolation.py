@@ -7,11 +7,12 @@ from pathlib import Path
 
 import pytest
 from apply_harness import lo_is_up
+from support import tenant
 
 from nsproxy_appliance import ledger, netns
 from nsproxy_appliance.apply import Executor, RunOptions, observe
 from nsproxy_appliance.kernel.session import Kernel
-from nsproxy_appliance.model import Listen, Manifest, NetnsRef, Tenant, Upstream
+from nsproxy_appliance.model import Manifest
 from nsproxy_appliance.plan import PlanOptions, make_plan
 
 pytestmark = pytest.mark.root
@@ -47,17 +48,6 @@ def test_path_that_is_not_a_netns_is_an_error_for_that_tenant(cli, unique, tmp_p
     assert netns.exists(a)
 
 
-def tenant(name: str) -> Tenant:
-    return Tenant(
-        name=name,
-        netns=NetnsRef.named(name),
-        listen=(Listen("127.0.0.1", 8080),),
-        upstream=Upstream(kind="http", host="127.0.0.1", port=9, url="http://127.0.0.1:9"),
-        tenant_id=name,
-        tenant_header="X-Tenant-ID",
-    )
-
-
 def test_action_failing_at_apply_time_skips_its_tenant_and_the_ledger_stays_true(
     unique, paths, netns_cleanup, make_netns
 ):
@@ -74,9 +64,9 @@ def test_action_failing_at_apply_time_skips_its_tenant_and_the_ledger_stays_true
         result = Executor(plan, owned, kernel, observed, options, RunOptions.daemon_timeout).run()
     by_target = {(a.op, a.target): a for a in plan.actions}
     create = by_target[("create_netns", racy)]
-    assert create.status == "failed" and "already exists" in create.error
-    assert by_target[("set_lo_up", f"{racy}/lo")].status == "skipped"
-    assert by_target[("create_netns", fine)].status == "done" and lo_is_up(fine)
+    assert result.status(create) == "failed" and "already exists" in result.error(create)
+    assert result.status(by_target[("set_lo_up", f"{racy}/lo")]) == "skipped"
+    assert result.status(by_target[("create_netns", fine)]) == "done" and lo_is_up(fine)
     assert result.exit_code == 1 and any(racy in f and "already exists" in f for f in result.failures)
     saved = ledger.load(paths.ledger)
     assert set(saved.namespaces) == {fine}  # the foreign one is not claimed
@@ -90,4 +80,4 @@ def test_action_failing_at_apply_time_skips_its_tenant_and_the_ledger_stays_true
             make_plan(manifest, observed, saved, options), saved, kernel, observed, options, RunOptions.daemon_timeout
         ).run()
     assert again.exit_code == 0 and netns.exists(racy) and lo_is_up(racy)
-    assert [(a.op, a.status) for a in again.plan.actions][:2] == [("create_netns", "done"), ("set_lo_up", "done")]
+    assert [(a.op, again.status(a)) for a in again.actions][:2] == [("create_netns", "done"), ("set_lo_up", "done")]

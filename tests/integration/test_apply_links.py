@@ -12,13 +12,14 @@ import os
 import socket
 
 import pytest
+import support
 from pyroute2 import IPRoute
 
 from nsproxy_appliance import ledger, netns
 from nsproxy_appliance.apply import RunOptions, RunResult
 from nsproxy_appliance.apply import run as apply_run
 from nsproxy_appliance.kernel.session import Kernel
-from nsproxy_appliance.model import Link, Listen, Manifest, NetnsRef, Tenant, Upstream
+from nsproxy_appliance.model import Link, Manifest, NetnsRef, Tenant
 from nsproxy_appliance.plan import PlanOptions
 
 pytestmark = pytest.mark.root
@@ -29,15 +30,7 @@ IFA_F_TENTATIVE = 0x40
 
 
 def tenant(name: str, links: tuple[Link, ...], ref: NetnsRef | None = None) -> Tenant:
-    return Tenant(
-        name=name,
-        netns=ref or NetnsRef.named(name),
-        listen=(Listen("169.254.169.254", 80),),
-        upstream=Upstream(kind="http", host="127.0.0.1", port=9, url="http://127.0.0.1:9"),
-        tenant_id=name,
-        tenant_header="X-Tenant-ID",
-        links=links,
-    )
+    return support.tenant(name, ref, host="169.254.169.254", port=80, links=links)
 
 
 def apply(manifest: Manifest, paths, check: bool = False) -> RunResult:

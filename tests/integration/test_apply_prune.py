@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import subprocess
-import time
 
 import pytest
+from support import wait_until
 
 from nsproxy_appliance import netns
 
@@ -63,10 +63,7 @@ def sleeper_in():
         proc = subprocess.Popen(["ip", "netns", "exec", name, "sleep", "600"])
         procs.append(proc)
         ident = netns.identity(netns.named_path(name))
-        deadline = time.monotonic() + 10
-        while proc.pid not in netns.pids_in(ident):  # exec'd into the netns yet?
-            assert time.monotonic() < deadline, "sleep never entered the namespace"
-            time.sleep(0.01)
+        wait_until(lambda: proc.pid in netns.pids_in(ident), what="sleep to enter the namespace")
         return proc
 
     yield start

@@ -7,6 +7,7 @@ import socket
 
 import pytest
 from daemon_harness import tenant, write_config
+from support import split_response
 
 from nsproxy_appliance import daemon_control
 
@@ -32,22 +33,17 @@ def admin_sock(daemon_launcher, make_netns, unique, echo):
 
 def _read_one(sock: socket.socket, buf: bytearray) -> tuple[int, dict[str, str], bytes]:
     """One response with Content-Length from `sock`; leftover bytes stay in `buf`."""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError(f"closed before a full head: {bytes(buf)!r}")
-        buf += chunk
-    head, _, rest = bytes(buf).partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    length = int(headers["content-length"])
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        rest += chunk
-    buf[:] = rest[length:]
-    return int(lines[0].split()[1]), headers, rest[:length]
+    while True:
+        try:
+            response, rest = split_response(bytes(buf))
+        except ValueError:  # not complete yet
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise ConnectionError(f"closed before a full response: {bytes(buf)!r}") from None
+            buf += chunk
+            continue
+        buf[:] = rest
+        return response.status, response.headers, response.body
 
 
 def test_keep_alive_and_pipelining(admin_sock):

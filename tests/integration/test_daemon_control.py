@@ -9,7 +9,7 @@ import sys
 import threading
 
 import pytest
-from daemon_harness import admin, get_in, refused_in, tenant, write_config
+from daemon_harness import admin, child_of, get_in, refused_in, tenant, write_config
 
 from nsproxy_appliance import daemon_control, netns
 from nsproxy_appliance.runtime_config import Paths
@@ -146,7 +146,7 @@ def test_relaunch_after_a_crash_reuses_stale_pidfile_and_socket(daemon_launcher,
     gen = write_config(paths, [tenant("acme", ns, 8080, echo)])
     daemon_control.ensure_daemon(paths, gen, timeout=20)
     crashed = daemon_control.status(paths).pid
-    child = daemon_control._children[crashed]
+    child = child_of(crashed)
     child.kill()  # SIGKILL: no cleanup, pidfile and admin socket stay behind
     child.wait(timeout=10)
     assert os.path.exists(paths.pidfile) and os.path.exists(paths.admin_socket)

@@ -6,11 +6,11 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from support import REPO
 
-SCRIPT = Path(__file__).resolve().parents[2] / "examples" / "echo_upstream.py"
+SCRIPT = REPO / "examples" / "echo_upstream.py"
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from daemon_harness import admin, get_in, refused_in, tenant, tenants_by_name, write_config
+from daemon_harness import admin, get_in, refused_in, tenant, tenants_by_name, wait_until, write_config
 
 from nsproxy_appliance import daemon_control, netns
 
@@ -30,18 +30,22 @@ def test_vanished_namespace_fails_its_tenant_and_is_retried(daemon_launcher, mak
     assert f"({path_b}) unavailable: No such file or directory" in info["last_error"]
     assert info["listeners"][0]["listening"] is False
     metrics = admin(paths, "GET", "/metrics")[1]
-    assert 'nsproxy_tenant_failed{tenant="fragile"} 1' in metrics
     assert 'nsproxy_tenant_state{tenant="fragile",state="failed"} 1' in metrics
-    _, ready = admin(paths, "GET", "/readyz")
-    assert ready["ready"] is True and ready["failed"] == ["fragile"]
+    assert 'nsproxy_tenant_state{tenant="fragile",state="failed"} 1' in metrics
+    code, ready = admin(paths, "GET", "/readyz")
+    # not ready while a configured tenant does not serve, and it says which one and why
+    assert code == 503 and ready["ready"] is False and ready["applied"] is True and ready["failed"] == ["fragile"]
+    assert list(ready["not_serving"]) == ["fragile"] and "unavailable" in ready["not_serving"]["fragile"]
     assert get_in(path_a, "127.0.0.1", 8080).status == 200  # the other tenant keeps serving
 
-    # Fixed (the namespace is back): the next apply retries it, though the config is the same.
+    # Fixed (the namespace is back): the daemon rebinds by itself, though the config is the same.
     make_netns(ns_b)
-    assert daemon_control.ensure_daemon(paths, gen, timeout=20) == "reloaded"
+    wait_until(lambda: tenants_by_name(paths)["fragile"]["state"] == "serving", timeout=5, what="fragile rebound")
     info = tenants_by_name(paths)["fragile"]
     assert info["state"] == "serving" and info["last_error"] is None
     assert get_in(path_b, "127.0.0.1", 8080).status == 200
+    assert admin(paths, "GET", "/readyz")[0] == 200
+    assert daemon_control.ensure_daemon(paths, gen, timeout=20) == "unchanged"
 
 
 def test_bind_failure_is_isolated_and_start_still_ready(daemon_launcher, make_netns, unique, echo):
@@ -61,10 +65,11 @@ def test_bind_failure_is_isolated_and_start_still_ready(daemon_launcher, make_ne
             ],
         )
         assert daemon_control.ensure_daemon(paths, gen, timeout=20) == "launched"
-        _, ready = admin(paths, "GET", "/readyz")
-        assert ready["ready"] is True
+        code, ready = admin(paths, "GET", "/readyz")
+        assert code == 503 and ready["ready"] is False and ready["applied"] is True
         assert ready["generation"] == gen
         assert ready["failed"] == ["blocked", "noaddr"]
+        assert "Address already in use" in ready["not_serving"]["blocked"]
         tenants = tenants_by_name(paths)
         assert "127.0.0.1:8080" in tenants["blocked"]["last_error"]
         assert "Address already in use" in tenants["blocked"]["last_error"]

@@ -7,21 +7,17 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
+from support import REPO, run_cli
 
 from nsproxy_appliance import ledger, netns
 from nsproxy_appliance.runtime_config import Paths
 
 pytestmark = pytest.mark.root
-
-REPO = Path(__file__).resolve().parents[2]
-NSPROXY_APPLY = str(Path(sys.executable).parent / "nsproxy-apply")
 
 
 def _probe() -> tuple[bool, str]:
@@ -47,14 +43,8 @@ def test_dummy_link_manifest_fails_at_plan_time_and_creates_nothing(
     manifest = tmp_path / "metadata-vip.yaml"
     manifest.write_text(yaml.safe_dump(data, sort_keys=False))
 
-    argv = [NSPROXY_APPLY, str(manifest), "--state-dir", paths.state_dir, "--runtime-dir", paths.runtime_dir]
-    run = subprocess.run(
-        [*argv, "--output", output],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    argv = [str(manifest), "--state-dir", paths.state_dir, "--runtime-dir", paths.runtime_dir]
+    run = run_cli("nsproxy-apply", *argv, "--output", output, timeout=60)
 
     said = run.stdout + run.stderr
     assert run.returncode == 1, said

@@ -7,6 +7,7 @@ import json
 import socket
 
 from proxy_harness import UpstreamApp, make_tenant, serve_upstream, split_responses
+from support import header_values
 
 from nsproxy_appliance.model import Limits, Upstream
 
@@ -29,7 +30,7 @@ def test_new_config_applies_to_the_next_request_on_a_kept_alive_connection(proxy
     ctx, port = proxy.serve(tenant)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         status, body = _get(sock, "/echo")
-        assert status == 200 and body["upstream"] == "old" and ["X-Tenant-ID", "v1"] in body["headers"]
+        assert status == 200 and body["upstream"] == "old" and header_values(body["headers"], "X-Tenant-ID") == ["v1"]
         old_pool = ctx.pool
 
         new_upstream = Upstream(kind="http", host="127.0.0.1", port=new_port, url=f"http://127.0.0.1:{new_port}")
@@ -40,8 +41,8 @@ def test_new_config_applies_to_the_next_request_on_a_kept_alive_connection(proxy
 
         status, body = _get(sock, "/echo")  # same client connection
         assert status == 200 and body["upstream"] == "new"
-        assert ["X-Org", "v2"] in body["headers"]
-        assert not any(k.lower() == "x-tenant-id" for k, _ in body["headers"])
+        assert header_values(body["headers"], "X-Org") == ["v2"]
+        assert header_values(body["headers"], "X-Tenant-ID") == []
     assert ctx.pool is not old_pool and old_pool.closed  # the old upstream's idle connections went
 
 
@@ -54,5 +55,5 @@ def test_unchanged_upstream_keeps_its_pool_across_a_reload(proxy):
         pool = ctx.pool
         proxy.call_sync(lambda: setattr(ctx, "tenant", dataclasses.replace(tenant, tenant_id="v2")))
         _, body = _get(sock, "/echo")
-    assert ["X-Tenant-ID", "v2"] in body["headers"]
+    assert header_values(body["headers"], "X-Tenant-ID") == ["v2"]
     assert ctx.pool is pool and len(app.peers) == 1

@@ -11,21 +11,20 @@ import ipaddress
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from support import REPO, CliRun, program
+from support.cli import CLI_TIMEOUT
 
 from nsproxy_appliance import daemon_control
 from nsproxy_appliance.runtime_config import Paths
 
-REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "metadata-vip.yaml"
-NSPROXY_APPLY = str(Path(sys.executable).parent / "nsproxy-apply")
-CLI_TIMEOUT = 120.0
+NSPROXY_APPLY = program("nsproxy-apply")
 # In the stage's software-emulated VM a Python start with nsproxy's imports costs about 20 s, so
 # there the CLI runs inside the test process (its real entry point: argument parsing, exit code,
 # JSON on stdout), paying the imports once; everywhere else it runs as its own process.
@@ -36,24 +35,6 @@ VM_DAEMON_TIMEOUT = 180.0
 
 
 # ---- the CLI -----------------------------------------------------------------------------------
-
-
-@dataclass
-class CliRun:
-    argv: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def json(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.stdout)
-        except json.JSONDecodeError:
-            raise AssertionError(f"no JSON on stdout:\n{self}") from None
-
-    def __str__(self) -> str:
-        return f"$ {' '.join(self.argv)}\n-> exit {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
 
 
 @dataclass

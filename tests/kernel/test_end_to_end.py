@@ -25,7 +25,9 @@ def curl_in(netns_name: str, url: str, *args: str) -> dict:
 
 
 def header_values(echoed: dict, name: str) -> list[str]:
-    return [value for key, value in echoed["headers"] if key.lower() == name.lower()]
+    """Every copy the upstream got, names read the way a CGI server reads them (`_` as `-`)."""
+    wanted = name.lower().replace("_", "-")
+    return [value for key, value in echoed["headers"] if key.lower().replace("_", "-") == wanted]
 
 
 def test_daemon_serves_both_vips_and_the_upstream_learns_the_tenant(

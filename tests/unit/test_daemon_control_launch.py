@@ -40,28 +40,28 @@ def systemd(monkeypatch):
 def test_installed_unit_for_its_config_is_started(systemd, tmp_path):
     paths = Paths(state_dir=str(tmp_path / "s"), runtime_dir=str(tmp_path / "r"))
     fake = systemd(f"{{ path=/opt/nsproxy/bin/nsproxyd ; argv[]=nsproxyd --config {paths.config} ; }}")
-    assert daemon_control._launch(paths) == (None, "nsproxyd")
+    assert daemon_control.DaemonSupervisor().launch(paths) == (None, "nsproxyd")
     assert fake.commands[-1] == ["systemctl", "start", "nsproxyd.service"]
 
 
 def test_without_installed_unit_a_transient_one_runs_the_same_python(systemd, tmp_path):
     paths = Paths(state_dir=str(tmp_path / "s"), runtime_dir=str(tmp_path / "r"))
     fake = systemd(None)
-    pid, unit = daemon_control._launch(paths)
+    pid, unit = daemon_control.DaemonSupervisor().launch(paths)
     assert pid is None
     assert unit.startswith("nsproxyd-")  # not the default runtime dir: a name of its own
     cmd = fake.commands[-1]
     assert cmd[:3] == ["systemd-run", "--unit", unit]
     assert "--collect" in cmd
     tail = cmd[cmd.index(daemon_control.sys.executable) :]
-    assert tail == daemon_control._daemon_argv(paths)
+    assert tail == daemon_control.daemon_argv(paths)
     assert ["--config", paths.config] == tail[3:5] and tail[5:] == ["--pidfile", paths.pidfile]
 
 
 def test_installed_unit_for_another_config_is_not_used(systemd, tmp_path):
     paths = Paths(state_dir=str(tmp_path / "s"), runtime_dir=str(tmp_path / "r"))
     fake = systemd("{ argv[]=nsproxyd --config /run/nsproxy/config.json ; }")
-    _, unit = daemon_control._launch(paths)
+    _, unit = daemon_control.DaemonSupervisor().launch(paths)
     assert unit != "nsproxyd"
     assert fake.commands[-1][0] == "systemd-run"
 
@@ -78,4 +78,4 @@ def test_failing_systemd_command_is_a_daemon_error(systemd, tmp_path, monkeypatc
 
     monkeypatch.setattr(daemon_control.subprocess, "run", run)
     with pytest.raises(daemon_control.DaemonError, match="already exists"):
-        daemon_control._launch(paths)
+        daemon_control.DaemonSupervisor().launch(paths)

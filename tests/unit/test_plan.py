@@ -5,30 +5,23 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import support
 
 from nsproxy_appliance import runtime_config
 from nsproxy_appliance.kernel.observed import DaemonView, LinkState, NetnsState, Observed
 from nsproxy_appliance.ledger import Ledger
-from nsproxy_appliance.model import Link, Listen, Manifest, NetnsRef, Tenant, Upstream
+from nsproxy_appliance.model import Link, Manifest, NetnsRef, Tenant
 from nsproxy_appliance.netns import NetnsIdentity
 from nsproxy_appliance.plan import DUMMY_HINT, PlanOptions, add_diff, make_plan
 from nsproxy_appliance.runtime_config import Paths
 
 PATHS = Paths(state_dir="/nonexistent/state", runtime_dir="/nonexistent/run")
 OPTS = PlanOptions(paths=PATHS, no_daemon=True)
-UPSTREAM = Upstream(kind="http", host="127.0.0.1", port=9000, url="http://127.0.0.1:9000")
+UPSTREAM = "http://127.0.0.1:9000"
 
 
 def tenant(name: str, netns: NetnsRef | None = None, links: tuple[Link, ...] = (), port: int = 8080) -> Tenant:
-    return Tenant(
-        name=name,
-        netns=netns or NetnsRef.named(name),
-        listen=(Listen("127.0.0.1", port),),
-        upstream=UPSTREAM,
-        tenant_id=name,
-        tenant_header="X-Tenant-ID",
-        links=links,
-    )
+    return support.tenant(name, netns, port=port, links=links, upstream_url=UPSTREAM)
 
 
 def manifest(*tenants: Tenant) -> Manifest:
@@ -410,3 +403,43 @@ def test_addresses_compare_normalised(address):
     m, led, state = owned_acme_with_link(addresses=("fd00:a9fe::254/128",))
     m = manifest(tenant("acme", links=(link,)))
     assert make_plan(m, observed(state, config=in_sync_config(m)), led, OPTS).in_sync
+
+
+# -- the daemon's namespace identity (issue 9) --------------------------------------------------------
+
+
+def test_daemon_serving_a_tenant_in_a_namespace_the_kernel_no_longer_has_is_drift():
+    """`ip netns del` + re-create: same config, same generation, but the daemon's listeners live in
+    the dead namespace. That is drift: --check exits 2 and apply repairs it."""
+    from nsproxy_appliance.kernel.observed import ServedTenant
+
+    m = manifest(tenant("acme"))
+    led = Ledger()
+    led.own_netns("acme", ident(2).with_cookie(22), "acme")
+    config = in_sync_config(m)
+    with_daemon = dataclasses.replace(OPTS, no_daemon=False)
+    now = dataclasses.replace(ns("acme", 2), cookie=22)
+
+    def daemon(served_in: NetnsIdentity) -> DaemonView:
+        served = {"acme": ServedTenant("serving", served_in)}
+        return DaemonView(running=True, generation=config["generation"], served=served)
+
+    stale = make_plan(m, observed(now, config=config, daemon=daemon(ident(1).with_cookie(11))), led, with_daemon)
+    assert [a.op for a in stale.actions] == ["update_daemon_config"]
+    assert stale.daemon_reasons == ["daemon serves acme in a namespace the kernel no longer has there"]
+    # the same inode number, reused by the kernel for a new namespace: the cookie tells them apart
+    reused = make_plan(m, observed(now, config=config, daemon=daemon(ident(2).with_cookie(99))), led, with_daemon)
+    assert [a.op for a in reused.actions] == ["update_daemon_config"]
+    current = make_plan(m, observed(now, config=config, daemon=daemon(ident(2).with_cookie(22))), led, with_daemon)
+    assert current.in_sync
+
+
+def test_excluded_tenants_and_why_are_in_the_runtime_config():
+    """The daemon's /readyz and `nsproxy status` report tenants the applier left out, with the reason."""
+    m = manifest(tenant("acme"), tenant("globex"))
+    plan = make_plan(m, observed(ns("acme", 1)), Ledger(), OPTS)  # acme: foreign namespace
+    block = plan.config["manifest"]
+    assert block["tenants"] == ["acme", "globex"]
+    assert list(block["excluded"]) == ["acme"] and "nsproxy did not create it" in block["excluded"]["acme"]
+    assert runtime_config.parse(plan.config).excluded == block["excluded"]
+    assert [t["name"] for t in plan.config["tenants"]] == ["globex"]

@@ -6,6 +6,7 @@ import json
 
 from test_plan import OPTS, PATHS, ident, in_sync_config, manifest, ns, observed, tenant
 
+from nsproxy_appliance.actions import Status
 from nsproxy_appliance.apply import RunResult
 from nsproxy_appliance.kernel.observed import NetnsState
 from nsproxy_appliance.ledger import Ledger
@@ -70,11 +71,12 @@ def test_json_has_the_contract_shape():
 def test_apply_result_reports_failures_and_skips():
     plan = cold_plan()
     create, lo_up = plan.actions[0], plan.actions[1]
-    create.status, create.error = "failed", "cannot create network namespace acme: No space left on device"
-    lo_up.status, lo_up.error = "skipped", "skipped: an earlier action of this tenant failed"
+    error = "cannot create network namespace acme: No space left on device"
+    result = RunResult(plan, check=False, failures=[f"acme: create_netns acme: {error}"])
+    result.record(create, Status.FAILED, error)
+    result.record(lo_up, Status.SKIPPED, "skipped: an earlier action of this tenant failed")
     for action in plan.actions[2:]:
-        action.status = "done"
-    result = RunResult(plan, check=False, failures=[f"acme: create_netns acme: {create.error}"])
+        result.record(action, Status.DONE)
     text = to_text(result)
     assert "FAILED: cannot create network namespace acme: No space left on device" in text
     assert "[skipped: skipped: an earlier action" in text

@@ -1,0 +1,108 @@
+"""The daemon's reports (/readyz, /tenants) from a DaemonState, and the namespace watcher's pieces
+that need no namespace: inotify on a plain directory, and which tenants a check finds stale."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from support import tenant, wait_until
+
+from nsproxy_appliance.daemon import reports
+from nsproxy_appliance.daemon.context import TenantContext
+from nsproxy_appliance.daemon.nswatch import Inotify, NamespaceWatcher
+from nsproxy_appliance.daemon.state import DaemonState, TenantSlot, TenantState
+from nsproxy_appliance.identity import NetnsIdentity
+from nsproxy_appliance.model import DaemonSettings
+from nsproxy_appliance.runtime_config import RuntimeConfig
+
+
+def state_with(states: dict[str, TenantState], excluded: dict[str, str] | None = None) -> DaemonState:
+    tenants = tuple(tenant(name) for name in states)
+    config = RuntimeConfig("g1", "/run/x/admin.sock", DaemonSettings(), tenants, excluded or {})
+    state = DaemonState(config, generation="g1", applied=True)
+    for t in tenants:
+        slot = TenantSlot(TenantContext(tenant=t), lambda: None)  # type: ignore[arg-type, return-value]  # never called
+        slot.ctx.state = states[t.name]
+        slot.ctx.last_error = (
+            "cannot listen on 127.0.0.1:8080: Address already in use" if states[t.name] == "failed" else None
+        )
+        state.slots[t.name] = slot
+    return state
+
+
+def test_ready_only_when_every_configured_tenant_serves():
+    ok = reports.readiness(state_with({"a": TenantState.SERVING, "b": TenantState.SERVING}))
+    assert ok["ready"] is True and ok["not_serving"] == {} and ok["serving"] == 2
+    bad = reports.readiness(state_with({"a": TenantState.SERVING, "b": TenantState.FAILED}))
+    assert bad["ready"] is False and bad["applied"] is True and bad["failed"] == ["b"]
+    assert bad["not_serving"] == {"b": "failed: cannot listen on 127.0.0.1:8080: Address already in use"}
+
+
+def test_tenants_the_applier_left_out_count_as_not_serving():
+    body = reports.readiness(state_with({"a": TenantState.SERVING}, excluded={"x": "conflict: x: not ours"}))
+    assert body["ready"] is False and body["not_serving"] == {"x": "not served: conflict: x: not ours"}
+
+
+def test_not_ready_before_the_config_is_applied_or_while_stopping():
+    state = state_with({"a": TenantState.SERVING})
+    state.applied = False
+    assert reports.readiness(state)["ready"] is False
+    state.applied, state.stopping = True, True
+    assert reports.readiness(state)["ready"] is False and reports.readiness(state)["applied"] is False
+
+
+def test_tenants_report_the_full_identity():
+    state = state_with({"a": TenantState.SERVING})
+    state.slots["a"].listeners.identity = NetnsIdentity(4, 4026532001, 77)
+    [entry] = json.loads(reports.tenants_json(state))["tenants"]
+    assert entry["netns"]["identity"] == {"dev": 4, "ino": 4026532001, "cookie": 77}
+    assert entry["state"] == "serving"
+
+
+def test_inotify_reports_names_created_and_removed(tmp_path):
+    watch = Inotify(str(tmp_path))
+    try:
+        assert watch.watch()
+        (tmp_path / "acme").write_text("")
+        os.unlink(tmp_path / "acme")
+        names = wait_until(watch.read, what="inotify events")
+        assert set(names) == {"acme"}
+        assert watch.read() == []
+    finally:
+        watch.close()
+
+
+def test_inotify_on_a_missing_directory_waits_for_it(tmp_path):
+    watch = Inotify(str(tmp_path / "netns"))
+    try:
+        assert watch.watch() is False and watch.watching is False
+        (tmp_path / "netns").mkdir()
+        assert watch.watch() is True
+    finally:
+        watch.close()
+
+
+@pytest.mark.parametrize(
+    "made_in, at_path, state, stale",
+    [
+        ("same", "same", TenantState.SERVING, False),  # nothing changed
+        ("same", None, TenantState.SERVING, True),  # deleted: release and fail
+        ("same", "other", TenantState.SERVING, True),  # replaced: rebind
+        (None, None, TenantState.FAILED, False),  # still gone: nothing to do again
+        (None, "same", TenantState.FAILED, True),  # back: rebind
+        ("same", "same", TenantState.FAILED, False),  # bind failure in the right namespace: apply retries
+    ],
+)
+def test_which_tenants_a_check_finds_stale(monkeypatch, made_in, at_path, state, stale):
+    from nsproxy_appliance.daemon import nswatch
+
+    ident = {"same": NetnsIdentity(4, 1), "other": NetnsIdentity(4, 2), None: None}
+    daemon = state_with({"a": state})
+    daemon.slots["a"].listeners.identity = ident[made_in]
+    monkeypatch.setattr(nswatch.netns, "is_mounted", lambda path: at_path is not None)
+    monkeypatch.setattr(nswatch.netns, "identity", lambda path: ident[at_path])
+    watcher = NamespaceWatcher.__new__(NamespaceWatcher)
+    watcher.state = daemon
+    assert watcher.stale() == ({"a"} if stale else set())
