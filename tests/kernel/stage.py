@@ -16,7 +16,7 @@ collected" (5) is a failure: this stage exists to run tests. When the VM cannot 
 fails with the reason, unless told to skip it (NSPROXY_KERNEL_STAGE=skip): then it prints
 SKIPPED and the reason, and exits 0.
 
-Environment: NSPROXY_VM_KERNEL (kernel image), NSPROXY_VM_TIMEOUT (seconds, default 270),
+Environment: NSPROXY_VM_KERNEL (kernel image), NSPROXY_VM_TIMEOUT (seconds, default 420),
 NSPROXY_VM_CPUS (default 2), NSPROXY_VM_MEMORY (default 2G).
 """
 
@@ -48,8 +48,8 @@ COLLECT_TIMEOUT = 120.0
 
 
 def suite_timeout() -> float:
-    """The whole stage stays under 5 minutes: a hang must not eat CI's time."""
-    return float(os.environ.get("NSPROXY_VM_TIMEOUT", "270"))
+    """A hang must not eat CI's time; the bound leaves room for a loaded machine (a quiet one needs ~60 s)."""
+    return float(os.environ.get("NSPROXY_VM_TIMEOUT", "420"))
 
 
 PYTEST_NO_TESTS = 5
