@@ -70,7 +70,8 @@ class Builder:
     # -- the manifest ----------------------------------------------------------------------
     def build(self) -> Manifest | None:
         data = self.data if isinstance(self.data, dict) else {}
-        defaults = data.get("defaults") if isinstance(data.get("defaults"), dict) else {}
+        raw_defaults = data.get("defaults")
+        defaults: dict[str, Any] = raw_defaults if isinstance(raw_defaults, dict) else {}
         default_header, header_known = self._default_header(defaults)
         default_upstream, upstream_known = self._default_upstream(defaults)
         default_limits = self._limits(("defaults", "limits"), defaults.get("limits"), Limits())
@@ -257,8 +258,8 @@ class Builder:
             if isinstance(raw.get("name"), str) and not self.rejected((*path, "name")):
                 name = self.parse((*path, "name"), raw["name"], fields.link_name)
             addresses: list[str] = []
-            raw_addresses = raw.get("addresses") if isinstance(raw.get("addresses"), list) else []
-            for n, value in enumerate(raw_addresses):
+            raw_addresses = raw.get("addresses")
+            for n, value in enumerate(raw_addresses if isinstance(raw_addresses, list) else []):
                 item = (*path, "addresses", n)
                 address = None if self.rejected(item) else self.parse(item, value, fields.cidr)
                 if address is None:

@@ -75,10 +75,12 @@ def _def_names() -> dict[int, str]:
 
 
 def validate(source: Source) -> list[Problem]:
+    """Every schema error, at every path (an aliased node that is wrong is wrong at each of its
+    paths: the builder must skip them all); ManifestError merges those at one place in the text."""
     problems: list[Problem] = []
     for error in _validator().iter_errors(source.data):
         problems.extend(_humanise(error, source))
-    return _dedupe(problems)
+    return problems
 
 
 def _humanise(error: ValidationError, source: Source) -> Iterator[Problem]:
@@ -94,7 +96,8 @@ def _humanise(error: ValidationError, source: Source) -> Iterator[Problem]:
         allowed = sorted(error.schema.get("properties", {}))
         for extra in instance:
             if extra not in allowed:
-                yield at(f"unknown field {extra!r}; expected one of: {', '.join(allowed)}", (*path, extra), key=True)
+                what = repr(extra) if isinstance(extra, str) else _describe(extra)
+                yield at(f"unknown field {what}; expected one of: {', '.join(allowed)}", (*path, extra), key=True)
     elif kind == "required" and isinstance(instance, dict):
         for name in error.validator_value:
             if name not in instance:
@@ -189,18 +192,15 @@ def _describe(value: Any) -> str:
     if isinstance(value, str):
         return f"{value!r}"
     if isinstance(value, dict):
-        return "a mapping" + (f" with keys {', '.join(map(str, value))}" if value else " (empty)")
+        return "a mapping" + (f" with keys {', '.join(map(_key, value))}" if value else " (empty)")
     if isinstance(value, list):
         return "a list"
     return type(value).__name__
 
 
-def _dedupe(problems: list[Problem]) -> list[Problem]:
-    seen: set[tuple[int, int, str]] = set()
-    out = []
-    for p in problems:
-        key = (p.line, p.column, p.message)
-        if key not in seen:
-            seen.add(key)
-            out.append(p)
-    return out
+def _key(key: Any) -> str:
+    """A mapping key as a message shows it: bare when it is a plain word, else quoted."""
+    text = str(key)
+    if len(text) > 80:
+        return repr(text[:80]) + "…"
+    return text if text and text.isprintable() and text.strip() == text else repr(text)

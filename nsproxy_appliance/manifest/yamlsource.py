@@ -1,8 +1,10 @@
 """YAML text → plain data plus the position of every node, by JSON path.
 
-PyYAML silently keeps the last of two equal keys; we compose the node graph first, report
-duplicates with both positions, then construct the data with the safe constructor (libyaml when
-available: manifests with thousands of tenants load fast).
+PyYAML silently keeps the last of two equal keys; we compose the node graph first (composer.py:
+iterative and bounded, over libyaml's event stream), report duplicates with both positions, then
+construct the data with the safe constructor (constructor.py: every failure says where). Nothing
+here recurses per nesting level, and every size is bounded (bounds.py): any input gives data or
+YamlError, never a crash.
 """
 
 from __future__ import annotations
@@ -12,16 +14,34 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
+from yaml.resolver import Resolver
 
+from .bounds import MAX_DEPTH, MAX_NODES, LimitExceeded
+from .composer import compose
+from .constructor import MERGE_TAG, GuardedConstructor, ScalarError
 from .problems import JsonPath, Problem
 
-try:
-    _Loader: type[yaml.SafeLoader] = yaml.CSafeLoader  # type: ignore[assignment]
-except AttributeError:  # PyYAML built without libyaml
-    _Loader = yaml.SafeLoader
+__all__ = ["MAX_NODES", "MERGE_TAG", "Source", "YamlError", "load"]
 
-MERGE_TAG = "tag:yaml.org,2002:merge"
-MAX_NODES = 1_000_000  # alias bombs ("billion laughs") expand far beyond any real manifest
+try:
+    from yaml.cyaml import CParser as _Parser  # type: ignore[attr-defined]  # libyaml: thousands of tenants load fast
+
+    class _Loader(_Parser, GuardedConstructor, Resolver):
+        def __init__(self, text: str):
+            _Parser.__init__(self, text)
+            GuardedConstructor.__init__(self)
+            Resolver.__init__(self)
+
+except ImportError:  # PyYAML built without libyaml
+
+    class _Loader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, GuardedConstructor, Resolver):  # type: ignore[no-redef]
+        def __init__(self, text: str):
+            yaml.reader.Reader.__init__(self, text)
+            yaml.scanner.Scanner.__init__(self)
+            yaml.parser.Parser.__init__(self)
+            GuardedConstructor.__init__(self)
+            Resolver.__init__(self)
 
 
 @dataclass
@@ -53,13 +73,25 @@ class YamlError(Exception):
 def load(text: str) -> tuple[Source, list[Problem]]:
     """Parse `text`; returns the source and the duplicate-key problems (the data is still usable).
 
-    Raises YamlError when the text is not YAML at all (one error, with PyYAML's position).
+    Raises YamlError when the text is not YAML at all, or not one nsproxy can read (one error).
     """
-    loader = _Loader(text)
     try:
-        root = loader.get_single_node()
+        loader = _Loader(text)
+    except UnicodeEncodeError as e:  # a lone surrogate: only from a Python caller, never from a file
+        line, column = _line_column(text, e.start)
+        raise YamlError([Problem(line, column, (), f"the character U+{ord(text[e.start]):04X} is not text")]) from None
+    except yaml.YAMLError as e:  # the pure-Python reader checks every character at once
+        raise YamlError([_reader_problem(e, text)]) from None
+    root: Node | None = None
+    try:
+        root = compose(loader)
         duplicates = _find_duplicates(root) if root is not None else []
         data = loader.construct_document(root) if root is not None else None
+    except LimitExceeded as e:
+        raise YamlError([Problem(e.line, e.column, (), e.message)]) from None
+    except ScalarError as e:
+        path = _path_of(root, e.node) if root is not None else ()
+        raise YamlError([Problem(*_mark(e.node), path, e.message)]) from None
     except yaml.MarkedYAMLError as e:
         raise YamlError([_syntax_problem(e)]) from None
     except yaml.YAMLError as e:  # ReaderError: a character YAML does not allow
@@ -69,40 +101,40 @@ def load(text: str) -> tuple[Source, list[Problem]]:
     source = Source(data=data)
     if root is not None:
         try:
-            _record_positions(root, (), source, _KeyConstructor(), set(), [0])
-        except _TooDeep as e:
+            _record_positions(root, source, _KeyConstructor())
+        except _Refused as e:
             raise YamlError([Problem(e.line, e.column, e.path, e.message)]) from None
     else:
         source.values[()] = (1, 1)
     return source, duplicates
 
 
-def _mark(node: yaml.Node) -> tuple[int, int]:
+def _mark(node: Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
-def _key_repr(node: yaml.Node) -> Any:
-    return (node.tag, node.value) if isinstance(node, yaml.ScalarNode) else None
+def _key_repr(node: Node) -> Any:
+    return (node.tag, node.value) if isinstance(node, ScalarNode) else None
 
 
-def _find_duplicates(root: yaml.Node) -> list[Problem]:
+def _find_duplicates(root: Node) -> list[Problem]:
     """Equal scalar keys in one mapping (merge keys '<<' are allowed to be overridden)."""
     problems: list[Problem] = []
     seen_nodes: set[int] = set()
-    stack: list[tuple[yaml.Node, JsonPath]] = [(root, ())]
+    stack: list[tuple[Node, JsonPath]] = [(root, ())]
     while stack:
         node, path = stack.pop()
         if id(node) in seen_nodes:
             continue
         seen_nodes.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            first: dict[Any, yaml.Node] = {}
+        if isinstance(node, MappingNode):
+            first: dict[Any, Node] = {}
             for key_node, value_node in node.value:
                 if key_node.tag == MERGE_TAG:
                     stack.append((value_node, path))
                     continue
                 key = _key_repr(key_node)
-                child = (*path, key_node.value) if isinstance(key_node, yaml.ScalarNode) else path
+                child = (*path, key_node.value) if isinstance(key_node, ScalarNode) else path
                 if key is not None and key in first:
                     line, column = _mark(key_node)
                     problems.append(
@@ -117,60 +149,111 @@ def _find_duplicates(root: yaml.Node) -> list[Problem]:
                 elif key is not None:
                     first[key] = key_node
                 stack.append((value_node, child))
-        elif isinstance(node, yaml.SequenceNode):
+        elif isinstance(node, SequenceNode):
             stack.extend((item, (*path, i)) for i, item in enumerate(node.value))
     return problems
 
 
-class _TooDeep(Exception):
-    def __init__(self, line: int, column: int, path: JsonPath, message: str):
+def _path_of(root: Node, target: Node) -> JsonPath:
+    """The JSON path of `target` (keys as written), for errors raised before the data exists."""
+    seen: set[int] = set()
+    stack: list[tuple[Node, JsonPath]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if node is target:
+            return path
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, MappingNode):
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, ScalarNode) else _collection_key(key_node)
+                stack.append((key_node, path))
+                stack.append((value_node, (*path, key)))
+        elif isinstance(node, SequenceNode):
+            stack.extend((item, (*path, i)) for i, item in enumerate(node.value))
+    return ()
+
+
+def _collection_key(node: Node) -> str:
+    return "<mapping key>" if isinstance(node, MappingNode) else "<sequence key>"
+
+
+class _Refused(Exception):
+    def __init__(self, node: Node, path: JsonPath, message: str):
         super().__init__(message)
-        self.line, self.column, self.path, self.message = line, column, path, message
+        (self.line, self.column), self.path, self.message = _mark(node), path, message
 
 
-def _record_positions(
-    node: yaml.Node, path: JsonPath, source: Source, keys: _KeyConstructor, active: set[int], count: list[int]
-) -> None:
-    """Walk the (merge-flattened) node graph alongside the data and remember each node's position."""
-    count[0] += 1
-    if count[0] > MAX_NODES:
-        raise _TooDeep(*_mark(node), path, f"the document expands to more than {MAX_NODES} nodes (aliases?)")
-    if id(node) in active:
-        raise _TooDeep(*_mark(node), path, "recursive alias: a node contains itself")
-    source.values.setdefault(path, _mark(node))
-    if isinstance(node, yaml.MappingNode):
+_LEAVE = object()  # stack marker: the walk leaves the collection whose id follows
+
+
+def _record_positions(root: Node, source: Source, keys: _KeyConstructor) -> None:
+    """Walk the (merge-flattened) node graph alongside the data and remember each node's position.
+
+    Iterative, depth-first in document order; later pairs win, as in the constructed dict (after
+    merge flattening a key can appear twice). Aliases can make the graph deeper and larger than the
+    text: both are bounded, and a collection that contains itself is refused.
+    """
+    values, key_marks = source.values, source.keys
+    values[()] = _mark(root)
+    count = 1
+    active: set[int] = set()  # the collections on the path being walked
+    stack: list[tuple[Any, Any]] = [(root, ())]
+    while stack:
+        node, path = stack.pop()
+        if node is _LEAVE:
+            active.discard(path)
+            continue
+        if node.__class__ is ScalarNode:
+            continue
+        if id(node) in active:
+            raise _Refused(node, path, "recursive alias: a node contains itself")
+        if len(path) >= MAX_DEPTH:
+            raise _Refused(node, path, f"the document nests deeper than {MAX_DEPTH} levels (through aliases)")
         active.add(id(node))
-        for key_node, value_node in node.value:
-            key = keys.construct(key_node)
-            child = (*path, key)
-            # After merge flattening, later pairs win, as in the constructed dict.
-            source.keys[child] = _mark(key_node)
-            source.values[child] = _mark(value_node)
-            _record_positions(value_node, child, source, keys, active, count)
-        active.discard(id(node))
-    elif isinstance(node, yaml.SequenceNode):
-        active.add(id(node))
-        for i, item in enumerate(node.value):
-            _record_positions(item, (*path, i), source, keys, active, count)
-        active.discard(id(node))
+        stack.append((_LEAVE, id(node)))
+        children: list[tuple[Node, JsonPath]] = []
+        if node.__class__ is MappingNode:
+            for key_node, value_node in node.value:
+                child = (*path, keys.construct(key_node))
+                key_marks[child] = _mark(key_node)
+                values[child] = _mark(value_node)
+                children.append((value_node, child))
+        else:
+            for i, item in enumerate(node.value):
+                child = (*path, i)
+                values[child] = _mark(item)
+                children.append((item, child))
+        count += len(children)
+        if count > MAX_NODES:
+            raise _Refused(node, path, f"the document expands to more than {MAX_NODES} nodes (aliases?)")
+        children.reverse()
+        stack.extend(children)
 
 
 class _KeyConstructor:
     """Builds mapping keys exactly as the constructor did, so paths match the data's keys."""
 
     def __init__(self) -> None:
-        self._loader = yaml.SafeLoader("")
+        self._constructor = GuardedConstructor()
+        self._built: dict[tuple[str, str], Any] = {}  # most keys repeat: name, listen, ...
 
-    def construct(self, node: yaml.Node) -> Any:
-        if not isinstance(node, yaml.ScalarNode):
-            return f"<{node.id} key>"
+    def construct(self, node: Node) -> Any:
+        if node.__class__ is not ScalarNode:
+            return _collection_key(node)
+        written = (node.tag, node.value)
+        if written in self._built:
+            return self._built[written]
         try:
-            key = self._loader.construct_object(node)
-        except yaml.YAMLError:
+            key = self._constructor.construct_object(node)
+        except (yaml.YAMLError, ScalarError):
             key = node.value
         finally:
-            self._loader.constructed_objects.clear()
-        return key if isinstance(key, str | int | float | bool) or key is None else str(key)
+            self._constructor.constructed_objects.clear()
+            self._constructor.recursive_objects.clear()
+        self._built[written] = key  # hashable: the constructor refused any other key
+        return key
 
 
 def _syntax_problem(e: yaml.MarkedYAMLError) -> Problem:
@@ -183,7 +266,12 @@ def _syntax_problem(e: yaml.MarkedYAMLError) -> Problem:
         if e.context_mark is not None and e.context_mark is not mark:
             context += f" at line {e.context_mark.line + 1}, column {e.context_mark.column + 1}"
         context += ")"
-    return Problem(line, column, (), f"YAML syntax error: {problem}{context}")
+    kind = (
+        "YAML error"
+        if isinstance(e, yaml.composer.ComposerError | yaml.constructor.ConstructorError)
+        else "YAML syntax error"
+    )
+    return Problem(line, column, (), f"{kind}: {problem}{context}")
 
 
 _NON_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
@@ -192,9 +280,12 @@ _NON_PRINTABLE = re.compile("[^\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd
 def _reader_problem(e: yaml.YAMLError, text: str) -> Problem:
     # libyaml reports byte offsets; find the offending character ourselves (same rule as PyYAML).
     found = _NON_PRINTABLE.search(text)
-    position = found.start() if found else getattr(e, "position", 0) or 0
-    before = text[:position]
-    line = before.count("\n") + 1
-    column = position - (before.rfind("\n") + 1) + 1
+    line, column = _line_column(text, found.start() if found else getattr(e, "position", 0) or 0)
     what = f"the character U+{ord(found.group()):04X}" if found else "a character"
     return Problem(line, column, (), f"YAML syntax error: {what} is not allowed in YAML text")
+
+
+def _line_column(text: str, position: int) -> tuple[int, int]:
+    """1-based line and column of the character at `position`."""
+    line_start = text.rfind("\n", 0, position) + 1
+    return text.count("\n", 0, position) + 1, position - line_start + 1

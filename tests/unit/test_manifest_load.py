@@ -117,6 +117,22 @@ def test_defaults_merge_field_by_field() -> None:
     assert isinstance(b.limits.read_timeout, float) and isinstance(b.limits.max_connections, int)
 
 
+def test_body_timeout_merges_like_the_other_limits() -> None:
+    m = parse(
+        """
+        version: 1
+        defaults:
+          upstream: http://127.0.0.1:9000
+          limits: {body_timeout: 30}
+        tenants:
+          - {name: a, listen: ["127.0.0.1:80"]}
+          - {name: b, listen: ["127.0.0.1:80"], limits: {body_timeout: 2.5}}
+        """
+    )
+    assert [t.limits.body_timeout for t in m.tenants] == [30.0, 2.5]
+    assert Limits().body_timeout == 60.0 and isinstance(m.tenants[0].limits.body_timeout, float)
+
+
 def test_builtin_defaults() -> None:
     m = parse(
         """

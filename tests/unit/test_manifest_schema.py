@@ -16,7 +16,7 @@ import yaml
 
 from nsproxy_appliance import manifest
 from nsproxy_appliance.manifest import fields
-from nsproxy_appliance.model import DaemonSettings, Limits
+from nsproxy_appliance.model import DaemonSettings, Limits, Link, Tenant, Upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "schemas" / "tenants.schema.json"
@@ -65,6 +65,71 @@ def test_every_field_and_definition_has_a_description(schema: dict[str, Any]) ->
             assert definition.get("description"), f"{path}/$defs/{name}"
             assert definition.get("title"), f"{path}/$defs/{name}"
     assert count >= 30
+
+
+def _resolve(schema: dict[str, Any], sub: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in sub:
+        sub = {**schema["$defs"][sub["$ref"].removeprefix("#/$defs/")], **{k: v for k, v in sub.items() if k != "$ref"}}
+    return sub
+
+
+def fields_of(schema: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every field (a property of some object) of the document, with its path."""
+    for path, sub in subschemas(schema):
+        for name, prop in sub.get("properties", {}).items():
+            yield f"{path}/{name}", prop
+
+
+def is_leaf(schema: dict[str, Any], prop: dict[str, Any]) -> bool:
+    """A field whose value an editor can suggest: anything but a mapping of fields or a list of them."""
+    resolved = _resolve(schema, prop)
+    if "properties" in resolved:
+        return False
+    items = resolved.get("items")
+    return not (isinstance(items, dict) and "properties" in _resolve(schema, items))
+
+
+def test_every_leaf_field_has_examples_that_the_schema_accepts(schema: dict[str, Any]) -> None:
+    leaves = [(path, prop) for path, prop in fields_of(schema) if is_leaf(schema, prop)]
+    assert len(leaves) >= 25
+    for path, prop in leaves:
+        examples = prop.get("examples")
+        assert isinstance(examples, list) and examples, f"{path} has no examples"
+        validator = jsonschema.Draft202012Validator({"$defs": schema["$defs"], **prop})
+        for example in examples:
+            assert validator.is_valid(example), (path, example)
+
+
+def test_every_default_is_accepted_by_its_field(schema: dict[str, Any]) -> None:
+    with_default = [(path, prop) for path, prop in fields_of(schema) if "default" in prop]
+    assert len(with_default) >= 15
+    for path, prop in with_default:
+        validator = jsonschema.Draft202012Validator({"$defs": schema["$defs"], **prop})
+        assert validator.is_valid(prop["default"]), (path, prop["default"])
+
+
+def _model_default(cls: type, name: str) -> Any:
+    f = cls.__dataclass_fields__[name]
+    value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    return list(value) if isinstance(value, tuple) else value
+
+
+def test_schema_defaults_are_the_model_defaults(schema: dict[str, Any]) -> None:
+    defs = schema["$defs"]
+    limits = defs["limits"]["properties"]
+    assert {name: limits[name].get("default") for name in limits} == dataclasses.asdict(Limits())
+    daemon = defs["daemon"]["properties"]
+    for f in dataclasses.fields(DaemonSettings):
+        default = _model_default(DaemonSettings, f.name)
+        assert daemon[f.name].get("default") == default, f.name  # None: no default in the schema either
+    assert defs["defaults"]["properties"]["tenant_header"]["default"] == fields.DEFAULT_TENANT_HEADER
+    assert defs["tenant"]["properties"]["links"]["default"] == _model_default(Tenant, "links")
+    link = defs["link"]["properties"]
+    assert link["kind"]["default"] == _model_default(Link, "kind")
+    assert link["addresses"]["default"] == _model_default(Link, "addresses")
+    assert "default" not in link["mtu"] and _model_default(Link, "mtu") is None  # the kernel's
+    upstream_from = defs["upstream"]["oneOf"][1]["properties"]["from"]
+    assert upstream_from["default"] == _model_default(Upstream, "from_ns")
 
 
 def test_packaged_schema_is_the_same_file(schema: dict[str, Any]) -> None:
