@@ -22,7 +22,7 @@ from .errors import RuntimeConfigError
 from .model import DaemonSettings, Limits, Listen, Manifest, NetnsRef, Tenant, Upstream
 from .paths import Paths
 
-__all__ = ["FORMAT_VERSION", "Paths", "RuntimeConfig", "load", "parse", "render", "write"]
+__all__ = ["FORMAT_VERSION", "Loader", "Paths", "RuntimeConfig", "load", "parse", "render", "write"]
 
 FORMAT_VERSION = 1
 
@@ -69,11 +69,15 @@ def _tenant(t: Tenant) -> dict[str, Any]:
     }
 
 
+_TENANTS_START = ', "tenants": [\n'  # the layout _dump writes and Loader reads back
+_TENANTS_END = "\n]}\n"
+
+
 def _dump(config: dict[str, Any]) -> str:
     head = {k: v for k, v in config.items() if k != "tenants"}
     lines = [json.dumps(t, sort_keys=True) for t in config.get("tenants", [])]
     body = json.dumps(head, sort_keys=True)[:-1]
-    return body + ', "tenants": [\n' + ",\n".join(lines) + "\n]}\n"
+    return body + _TENANTS_START + ",\n".join(lines) + _TENANTS_END
 
 
 def write(config: dict[str, Any], path: str) -> bool:
@@ -132,6 +136,73 @@ def load(path: str) -> RuntimeConfig:
         raise RuntimeConfigError(f"{path}: {e}") from None
 
 
+class Loader:
+    """Loads the runtime config at `path` again and again (the daemon's reloads), reusing the Tenant
+    of every tenant line unchanged since the last load.
+
+    A config is one tenant per line (_dump), and a reload usually changes a few of 10,000 lines: the
+    same text gives the same Tenant object, so the reconciler can tell an unchanged tenant by
+    identity, and only changed lines are decoded and validated. A file not in that layout is read
+    whole, as `load` does.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._by_line: dict[str, Tenant] = {}
+
+    def load(self) -> RuntimeConfig:
+        path = self.path
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise RuntimeConfigError(f"{path}: no such file (write it with nsproxy-apply)") from None
+        except (OSError, UnicodeDecodeError) as e:
+            reason = e.strerror if isinstance(e, OSError) else str(e)
+            raise RuntimeConfigError(f"{path}: cannot read: {reason}") from None
+        start = text.find(_TENANTS_START)
+        if start < 0 or not text.endswith(_TENANTS_END):
+            return self._whole(text)
+        body = text[start + len(_TENANTS_START) : len(text) - len(_TENANTS_END)]
+        lines = body.split(",\n") if body else []  # a JSON line holds no raw newline: this split is exact
+        try:
+            head = json.loads(text[:start] + ', "tenants": []}')
+        except json.JSONDecodeError:
+            return self._whole(text)
+        previous, seen = self._by_line, {}
+        tenants = []
+        first_line = text.count("\n", 0, start) + 2  # the file line of the first tenant
+        for i, line in enumerate(lines):
+            tenant = previous.get(line)
+            if tenant is None:
+                try:
+                    tenant = _tenant_of(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise RuntimeConfigError(f"{path}:{first_line + i}:{e.colno}: invalid JSON: {e.msg}") from None
+                except RuntimeConfigError as e:
+                    raise RuntimeConfigError(f"{path}:{first_line + i}: {e}") from None
+            seen[line] = tenant
+            tenants.append(tenant)
+        try:
+            config = _parse(head, tuple(tenants))
+        except RuntimeConfigError as e:
+            raise RuntimeConfigError(f"{path}: {e}") from None
+        self._by_line = seen
+        return config
+
+    def _whole(self, text: str) -> RuntimeConfig:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RuntimeConfigError(f"{self.path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+        try:
+            config = parse(data)
+        except RuntimeConfigError as e:
+            raise RuntimeConfigError(f"{self.path}: {e}") from None
+        self._by_line = {}
+        return config
+
+
 T = TypeVar("T")
 
 
@@ -180,12 +251,16 @@ def parse(data: Any) -> RuntimeConfig:
     """A RuntimeConfig from the JSON document; RuntimeConfigError says what is wrong."""
     if not isinstance(data, dict):
         raise RuntimeConfigError(f"expected a JSON object, got {type(data).__name__}")
+    return _parse(data, tuple(_tenant_of(t) for t in _field(data, "tenants", list)))
+
+
+def _parse(data: dict[str, Any], tenants: tuple[Tenant, ...]) -> RuntimeConfig:
+    """Everything but the tenants (already decoded) from the JSON document."""
     if data.get("format") != FORMAT_VERSION:
         raise RuntimeConfigError(f"unsupported runtime config format {data.get('format')!r}")
     generation = _field(data, "generation", str)
     admin_socket = _field(data, "admin_socket", str)
     daemon = _record(DaemonSettings, _field(data, "daemon", dict), "daemon")
-    tenants = tuple(_tenant_of(t) for t in _field(data, "tenants", list))
     applied = data.get("manifest")  # optional: configs written before it existed lack it
     excluded = applied.get("excluded") if isinstance(applied, dict) else None
     if not isinstance(excluded, dict):

@@ -95,7 +95,8 @@ Reply = tuple[int, str, bytes]  # status, content type, body
 
 
 def _json(status: int, body: Any) -> Reply:
-    return status, JSON_TYPE, json.dumps(body, indent=1).encode() + b"\n"
+    # One line: json's C encoder (indent= switches to the Python one, slow for a 10,000-tenant reload).
+    return status, JSON_TYPE, json.dumps(body).encode() + b"\n"
 
 
 class Routes:

@@ -25,6 +25,7 @@ from .. import runtime_config
 from ..errors import NsproxyError
 from ..paths import Paths
 from ..runtime_config import RuntimeConfig
+from ..versionarg import add_version
 from . import pidfile
 from .nswatch import NamespaceWatcher
 from .reconciler import FactoryMaker, Reconciler
@@ -52,10 +53,17 @@ def prepare_process(config: RuntimeConfig) -> None:
 class Server:
     """The running daemon: its state, reconciler and admin API, on one event loop."""
 
-    def __init__(self, config_path: str, config: RuntimeConfig, factory_maker: FactoryMaker | None = None) -> None:
+    def __init__(
+        self,
+        config_path: str,
+        config: RuntimeConfig,
+        factory_maker: FactoryMaker | None = None,
+        loader: runtime_config.Loader | None = None,
+    ) -> None:
         self.config_path = config_path
         self.config = config
         self.factory_maker = factory_maker
+        self.loader = loader  # the one that read `config`
 
     async def serve(self) -> int:
         from .accesslog import AccessLog
@@ -69,7 +77,7 @@ class Server:
             log.error("cannot open the access log %s: %s", target, e.strerror or e)
             return EXIT_CONFIG
         state = DaemonState(self.config, access_log)
-        reconciler = Reconciler(state, self.config_path, access_log, self.factory_maker)
+        reconciler = Reconciler(state, self.config_path, access_log, self.factory_maker, self.loader)
         admin = AdminServer(Routes(state, reconciler), self.config.admin_socket, self.config.daemon.admin_listen)
         try:
             await admin.start()
@@ -112,6 +120,7 @@ class Server:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="nsproxyd", description="Serve every tenant's HTTP endpoint inside its netns.")
+    add_version(p)
     p.add_argument("--config", default=Paths().config, help="runtime config JSON (from nsproxy-apply)")
     p.add_argument("--pidfile", help="write the pid here while running")
     p.add_argument("--log-file", help="append the daemon's own log here (default: stderr)")
@@ -131,7 +140,8 @@ def run(argv: list[str] | None = None, factory_maker: FactoryMaker | None = None
     args = _parse_args(argv)
     _setup_logging(args.log_file)
     try:
-        config = runtime_config.load(args.config)
+        loader = runtime_config.Loader(args.config)  # kept: reloads reuse what did not change
+        config = loader.load()
         prepare_process(config)
         if args.pidfile:
             pidfile.write(args.pidfile)
@@ -140,7 +150,7 @@ def run(argv: list[str] | None = None, factory_maker: FactoryMaker | None = None
         if args.log_file:
             log.error("%s", e)
         return EXIT_CONFIG
-    server = Server(args.config, config, factory_maker)
+    server = Server(args.config, config, factory_maker, loader)
     try:
         try:
             import uvloop
