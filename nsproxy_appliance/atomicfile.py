@@ -27,11 +27,12 @@ def ensure_dir(directory: str) -> None:
         raise StateFileError(directory, "create directory", e) from None
 
 
-def write_text(path: str, text: str, *, sync_directory: bool) -> None:
+def write_text(path: str, text: str, *, sync_directory: bool, mode: int | None = None) -> None:
     """Write `text` to `path` via a fsynced temp file in the same directory and a rename.
 
     With `sync_directory` the directory is fsynced too, so the rename itself survives a power cut
-    (the ledger needs that; files on tmpfs do not).
+    (the ledger needs that; files on tmpfs do not). `mode`: the file's permissions (default 0600,
+    mkstemp's), set before the rename so the file never appears with others.
     """
     directory = os.path.dirname(path) or "."
     ensure_dir(directory)
@@ -42,6 +43,10 @@ def write_text(path: str, text: str, *, sync_directory: bool) -> None:
     step = "write"
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
+            if mode is not None:
+                step = "chmod"
+                os.fchmod(f.fileno(), mode)
+                step = "write"
             f.write(text)
             f.flush()
             step = "fsync"

@@ -1,8 +1,9 @@
-"""Command line: `nsproxy-apply MANIFEST [...]` and `nsproxy validate|plan|apply|status|stop`.
+"""Command line: `nsproxy-apply MANIFEST [...]` and `nsproxy validate|plan|apply|status|stop|schema`.
 
 Exit codes: 0 success / in sync; 1 error (bad manifest, conflict, failed action, a tenant not
 served, lock timeout); 2 changes pending (only with --check: terraform's -detailed-exitcode
-contract). `nsproxy status` exits 1 when a tenant of the manifest is not served.
+contract). `nsproxy status` exits 1 when a tenant of the manifest is not served. A MANIFEST of
+`-` is read from standard input (named `<stdin>` in errors).
 
 Validation needs neither root nor the kernel: that path never imports pyroute2 (apply.py and
 kernel/ are imported only once a run needs them).
@@ -20,8 +21,12 @@ from typing import Any, NoReturn
 from .errors import NsproxyError, UserError
 from .exitcodes import EXIT_ERROR, EXIT_OK
 from .paths import DAEMON_TIMEOUT, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, LOCK_TIMEOUT, STOP_TIMEOUT, Paths
+from .versionarg import add_version
 
 __all__ = ["UserError", "apply_main", "main"]
+
+STDIN = "-"  # a MANIFEST argument that means standard input
+STDIN_NAME = "<stdin>"  # how errors and reports name it
 
 
 class _Parser(argparse.ArgumentParser):
@@ -55,7 +60,7 @@ def _add_output(p: argparse.ArgumentParser) -> None:
 
 
 def _add_apply_options(p: argparse.ArgumentParser, *, with_check: bool) -> None:
-    p.add_argument("manifest", metavar="MANIFEST", help="the tenant manifest (YAML)")
+    p.add_argument("manifest", metavar="MANIFEST", help="the tenant manifest (YAML; - reads standard input)")
     if with_check:
         p.add_argument("--check", action="store_true", help="print the plan, change nothing (exit 2: changes pending)")
     p.add_argument("--diff", action="store_true", help="also show before/after per tenant")
@@ -89,16 +94,24 @@ def _apply_parser() -> argparse.ArgumentParser:
         description="Make kernel state (namespaces, links, addresses) and the nsproxy daemon match MANIFEST.",
         epilog="Exit codes: 0 success or in sync, 1 error, 2 changes pending (--check only).",
     )
+    add_version(p)
     _add_apply_options(p, with_check=True)
     return p
 
 
 def _main_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="nsproxy", description="nsproxy: an HTTP endpoint in every tenant's netns.")
+    add_version(p)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     v = sub.add_parser("validate", help="validate manifests (no root, no kernel; for GitOps CI)")
-    v.add_argument("manifests", metavar="MANIFEST", nargs="+")
+    v.add_argument("manifests", metavar="MANIFEST", nargs="+", help="manifest files; - reads standard input")
     _add_output(v)
+    sub.add_parser(
+        "schema",
+        help="print the manifest's JSON Schema (for editors and config repositories)",
+        description="Print the JSON Schema this nsproxy validates manifests against, exactly as shipped "
+        "(schemas/tenants.schema.json).",
+    )
     plan = sub.add_parser("plan", help="show what apply would change (same as nsproxy-apply --check)")
     _add_apply_options(plan, with_check=False)
     apply = sub.add_parser("apply", help="apply a manifest (same as nsproxy-apply)")
@@ -111,6 +124,12 @@ def _main_parser() -> argparse.ArgumentParser:
     )
     stop = sub.add_parser("stop", help="stop the daemon: SIGTERM (it drains), SIGKILL after --timeout")
     stop.add_argument("--timeout", type=float, default=STOP_TIMEOUT, metavar="SEC", help="(default %(default)g)")
+    stop.add_argument(
+        "--keep-listeners",
+        action="store_true",
+        help="leave the socket broker running with the listening sockets (a restart: connections wait in "
+        "their backlog for the next daemon instead of being refused)",
+    )
     _add_dirs(stop)
     status.add_argument(
         "--manifest", metavar="MANIFEST", help="check the tenants of this manifest (default: the last apply's)"
@@ -131,9 +150,14 @@ def apply_main(argv: Sequence[str] | None = None) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _main_parser().parse_args(argv)
+    parser = _main_parser()
+    args = parser.parse_args(argv)
     if args.command == "validate":
+        if args.manifests.count(STDIN) > 1:
+            parser.error("standard input (-) can be validated only once")
         return _validate(args.manifests, args.output)
+    if args.command == "schema":
+        return _schema()
     if args.command == "plan":
         return _apply(args, check=True)
     if args.command == "apply":
@@ -146,17 +170,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- commands --------------------------------------------------------------------------------------
 
 
+def _load(path: str, *, check_files: bool = False) -> Any:
+    """The Manifest at `path`, or from standard input for "-"; raises manifest.ManifestError.
+    `check_files`: also the TLS files it names (plan and apply; `validate` checks the manifest only)."""
+    from . import manifest
+
+    if path == STDIN:
+        if sys.stdin is None:  # started with fd 0 closed
+            raise manifest.ManifestError(STDIN_NAME, [manifest.Problem(1, 1, (), "standard input is closed")])
+        return manifest.read(sys.stdin.buffer, STDIN_NAME, check_files=check_files)
+    return manifest.load(path, check_files=check_files)
+
+
 def _validate(manifests: list[str], output: str) -> int:
     from . import manifest
 
     reports: list[dict[str, Any]] = []
     for path in manifests:
+        name = STDIN_NAME if path == STDIN else path
         try:
-            m = manifest.load(path)
+            m = _load(path)
         except manifest.ManifestError as e:
-            reports.append({"manifest": path, "valid": False, "errors": list(e.errors), "tenants": 0})
+            # "errors" stays the list of strings it always was; "problems" has the same errors, in
+            # the same order, as objects {file, line, column, path, message} (CI annotations).
+            reports.append(
+                {"manifest": name, "valid": False, "errors": list(e.errors), "problems": e.as_dicts(), "tenants": 0}
+            )
         else:
-            reports.append({"manifest": path, "valid": True, "errors": [], "tenants": len(m.tenants)})
+            reports.append({"manifest": name, "valid": True, "errors": [], "problems": [], "tenants": len(m.tenants)})
     ok = all(r["valid"] for r in reports)
     if output == "json":
         _print_json({"valid": ok, "manifests": reports})
@@ -170,13 +211,23 @@ def _validate(manifests: list[str], output: str) -> int:
     return EXIT_OK if ok else EXIT_ERROR
 
 
+def _schema() -> int:
+    from importlib import resources
+
+    from .manifest.validation import SCHEMA_RESOURCE
+
+    # Byte for byte what ships, so `nsproxy schema | diff - schemas/tenants.schema.json` is empty.
+    sys.stdout.write(resources.files("nsproxy_appliance").joinpath(SCHEMA_RESOURCE).read_text(encoding="utf-8"))
+    return EXIT_OK
+
+
 def _apply(args: argparse.Namespace, *, check: bool) -> int:
     from . import manifest
 
     try:
-        m = manifest.load(args.manifest)
+        m = _load(args.manifest, check_files=True)
     except manifest.ManifestError as e:
-        return _fail(args.output, list(e.errors), "the manifest is invalid; nothing was changed")
+        return _fail(args.output, list(e.errors), "the manifest is invalid; nothing was changed", e.as_dicts())
     try:
         if os.geteuid() != 0:
             raise UserError(
@@ -231,9 +282,9 @@ def _status(args: argparse.Namespace) -> int:
         from . import manifest
 
         try:
-            m = manifest.load(args.manifest)
+            m = _load(args.manifest)
         except manifest.ManifestError as e:
-            return _fail(args.output, list(e.errors), "the manifest is invalid")
+            return _fail(args.output, list(e.errors), "the manifest is invalid", e.as_dicts())
     try:
         report, code = status.collect(Paths(state_dir=args.state_dir, runtime_dir=args.runtime_dir), m)
     except NsproxyError as e:
@@ -253,7 +304,7 @@ def _stop(args: argparse.Namespace) -> int:
     if not current.running:
         print(f"nsproxyd is not running ({paths.pidfile})")
         return EXIT_OK
-    if daemon_control.stop(paths, timeout=args.timeout):
+    if daemon_control.stop(paths, timeout=args.timeout, keep_broker=args.keep_listeners):
         print(f"nsproxyd (pid {current.pid}) stopped")
     else:
         print(f"nsproxyd (pid {current.pid}) did not exit within {args.timeout:g} s after SIGTERM: killed")
@@ -263,11 +314,15 @@ def _stop(args: argparse.Namespace) -> int:
 # -- output helpers --------------------------------------------------------------------------------
 
 
-def _fail(output: str, errors: list[str], note: str | None = None) -> int:
+def _fail(output: str, errors: list[str], note: str | None = None, problems: list[dict[str, Any]] | None = None) -> int:
+    """Report errors that stopped a command; `problems`: an invalid manifest's errors as objects."""
     if output == "json":
         from .plan_render import failure_report
 
-        _print_json(failure_report(errors))
+        report = failure_report(errors)
+        if problems is not None:
+            report["problems"] = problems
+        _print_json(report)
     else:
         for error in errors:
             print(error if note else f"nsproxy: error: {error}", file=sys.stderr)

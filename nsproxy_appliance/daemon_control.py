@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from . import atomicfile, procinfo
+from . import atomicfile, broker_control, procinfo
 from .errors import DaemonError, StateFileError
 from .identity import NetnsIdentity
 from .kernel.observed import ServedTenant
@@ -237,14 +237,21 @@ class DaemonSupervisor:
     # -- launching and reloading -------------------------------------------------------------------
 
     def launch(self, paths: Paths) -> tuple[int | None, str | None]:
-        """Start the daemon; (pid of a detached child or None, systemd unit or None)."""
-        atomicfile.ensure_dir(paths.runtime_dir)
+        """Start the daemon; (pid of a detached child or None, systemd unit or None).
+
+        The socket broker first (broker_control: the daemon gets every socket from it), unless the
+        installed units do that; the daemon as NSPROXY_DAEMON_USER when that is set.
+        """
+        user = broker_control.daemon_user()
+        broker_control.prepare_runtime_dir(paths, user)
         atomicfile.ensure_dir(os.path.dirname(paths.log_file))
+        brokered = ["--broker", paths.broker_socket, *(["--user", user] if user else [])]
         if systemd_is_init():
             unit, installed = _unit_name(paths)
             if installed:
-                cmd = ["systemctl", "start", f"{unit}.service"]
+                cmd = ["systemctl", "start", f"{unit}.service"]  # its unit pulls nsproxy-broker.service in
             else:
+                broker_control.ensure_transient_unit(paths, user)
                 cmd = [
                     "systemd-run",
                     "--unit",
@@ -254,6 +261,7 @@ class DaemonSupervisor:
                     "-p",
                     "KillMode=mixed",
                     *daemon_argv(paths),
+                    *brokered,
                 ]
             out = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if out.returncode != 0:
@@ -263,12 +271,21 @@ class DaemonSupervisor:
             log = open(paths.log_file, "ab")  # noqa: SIM115  # closed below, once the child has it
         except OSError as e:
             raise StateFileError(paths.log_file, "open the daemon's log", e) from None
+        try:
+            broker = broker_control.ensure_detached(paths, user)
+        except BaseException:
+            log.close()
+            raise
+        if broker is not None:
+            self.children[broker.pid] = broker  # reaped and, in tests, killed like the daemon
         with log:
+            # Its own log and its standard output (an access log of "stdout") in two files, which
+            # it reopens by name on SIGUSR1; stderr is the log file already for what fails first.
             child = subprocess.Popen(
-                daemon_argv(paths),
+                [*daemon_argv(paths), "--log-file", paths.log_file, "--stdout-file", paths.access_log_file, *brokered],
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
                 start_new_session=True,
                 close_fds=True,
                 cwd="/",
@@ -337,8 +354,22 @@ class DaemonSupervisor:
         self._wait_for(paths, generation, time.monotonic() + timeout, pid, unit)
         return "launched"
 
-    def stop(self, paths: Paths, timeout: float = STOP_TIMEOUT) -> bool:
-        """SIGTERM the daemon and wait for it to exit; SIGKILL after `timeout`. False if it had to be killed."""
+    def stop(self, paths: Paths, timeout: float = STOP_TIMEOUT, *, keep_broker: bool = False) -> bool:
+        """SIGTERM the daemon and wait for it to exit (SIGKILL after `timeout`), then the socket broker
+        (it closes the listening sockets it kept: clients are refused from then on) unless
+        `keep_broker` (a restart: the next daemon gets the same sockets). False if one had to be killed."""
+        stopped = self._stop_daemon(paths, timeout)
+        if keep_broker:
+            return stopped
+        broker_pid = broker_control.running_pid(paths)
+        broker_stopped = broker_control.stop(paths, timeout)
+        child = self.children.pop(broker_pid, None) if broker_pid is not None else None
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout=5)
+        return stopped and broker_stopped
+
+    def _stop_daemon(self, paths: Paths, timeout: float) -> bool:
         pid = _read_pid(paths.pidfile)
         if pid is None or not self.is_nsproxyd(pid):
             return True

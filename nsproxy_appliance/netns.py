@@ -91,19 +91,24 @@ def _restore(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def entered(path: str) -> Iterator[None]:
-    """Run the block with the calling thread inside the netns at `path`, then switch back."""
+def entered(path: str) -> Iterator[NetnsIdentity]:
+    """Run the block with the calling thread inside the netns at `path`, then switch back.
+
+    Yields the identity (dev, ino) of the namespace actually entered, read from the fd that was
+    entered: whatever replaces the file at `path` meanwhile, that is where the block ran.
+    """
     home = home_fd()
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError as e:
         raise NetnsError(e.errno or 0, f"cannot open network namespace {path}: {e.strerror}") from None
     try:
+        st = os.fstat(fd)
         _check(_libc.setns(fd, CLONE_NEWNET), f"cannot enter network namespace {path}")
     finally:
         os.close(fd)
     try:
-        yield
+        yield NetnsIdentity(st.st_dev, st.st_ino)
     finally:
         _restore(home)
 
@@ -166,6 +171,23 @@ def is_mounted(path: str) -> bool:
         return os.stat(path).st_dev != os.stat(os.path.dirname(path) or "/").st_dev
     except FileNotFoundError:
         return False
+
+
+def mounted_identity(path: str, parent_devs: dict[str, int] | None = None) -> NetnsIdentity | None:
+    """The identity of the namespace bound at `path`, or None (nothing there, or a stale mount point
+    file: see is_mounted). One stat of `path`; its directory's device is remembered in `parent_devs`
+    across calls (a check of 10,000 tenants stats their directory once)."""
+    try:
+        st = os.stat(path)
+        parent = os.path.dirname(path) or "/"
+        dev = parent_devs.get(parent) if parent_devs is not None else None
+        if dev is None:
+            dev = os.stat(parent).st_dev
+            if parent_devs is not None:
+                parent_devs[parent] = dev
+    except OSError:
+        return None
+    return NetnsIdentity(st.st_dev, st.st_ino) if st.st_dev != dev else None
 
 
 def exists(name: str) -> bool:

@@ -21,7 +21,7 @@ STOP_TIMEOUT = 30.0  # for the daemon to exit after SIGTERM before it is killed
 
 @dataclass(frozen=True)
 class Paths:
-    state_dir: str = DEFAULT_STATE_DIR  # ledger, apply lock, detached daemon's log
+    state_dir: str = DEFAULT_STATE_DIR  # ledger, apply lock, detached daemon's logs
     runtime_dir: str = DEFAULT_RUNTIME_DIR  # daemon config, pidfile, admin socket (tmpfs)
 
     @property
@@ -46,4 +46,29 @@ class Paths:
 
     @property
     def log_file(self) -> str:
+        """The detached daemon's own log (its standard error)."""
         return os.path.join(self.state_dir, "nsproxyd.log")
+
+    @property
+    def access_log_file(self) -> str:
+        """The detached daemon's standard output: where the lines of `access_log: stdout` go."""
+        return os.path.join(self.state_dir, "access.log")
+
+    @property
+    def broker_socket(self) -> str:
+        """The socket broker's unix socket (nsproxy_appliance/broker)."""
+        return os.path.join(self.runtime_dir, "broker.sock")
+
+    @property
+    def broker_pidfile(self) -> str:
+        return os.path.join(self.runtime_dir, "nsproxy-broker.pid")
+
+    @property
+    def broker_log_file(self) -> str:
+        """The detached broker's log."""
+        return os.path.join(self.state_dir, "nsproxy-broker.log")
+
+    @property
+    def drift_file(self) -> str:
+        """What the last `nsproxy-reconcile` found (drift.py); the daemon's /metrics exports it."""
+        return os.path.join(self.runtime_dir, "drift.json")

@@ -48,6 +48,7 @@ class Plan:
     conflicts: list[Conflict] = field(default_factory=list)
     errors: list[Problem] = field(default_factory=list)  # per tenant: others proceed
     fatal: list[str] = field(default_factory=list)  # the run changes nothing
+    warnings: list[str] = field(default_factory=list)  # shown, never failing the run (e.g. a certificate expiring soon)
     excluded: set[str] = field(default_factory=set)  # tenants left out of the daemon config
     exclusions: dict[str, str] = field(default_factory=dict)  # why, by tenant (told to the daemon and status)
     unmanaged: set[str] = field(default_factory=set)  # tenants served, but whose objects are not touched
@@ -94,7 +95,7 @@ def count_signs(actions: list[Action]) -> tuple[int, int, int]:
 
 
 def make_plan(manifest: Manifest, observed: Observed, ledger: Ledger, options: PlanOptions) -> Plan:
-    plan = Plan(manifest=manifest, options=options)
+    plan = Plan(manifest=manifest, options=options, warnings=list(manifest.warnings))
     if not manifest.tenants and not options.allow_empty:
         owned = len(ledger.namespaces)
         plan.fatal.append(

@@ -32,6 +32,7 @@ def report(
     diff: dict[str, Any],
     recovered: list[str],
     not_serving: dict[str, str] | None = None,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     add, change, destroy = summary
     return {
@@ -42,6 +43,7 @@ def report(
         "actions": actions,
         "conflicts": conflicts,
         "errors": errors,
+        "warnings": warnings or [],  # FILE:LINE:COL: $.path: message, like manifest errors; never fail the run
         "daemon": {"action": daemon_action.value, "generation": generation},
         "not_serving": not_serving or {},  # tenant -> why the daemon does not serve it after the hand-off
         "summary": {"add": add, "change": change, "destroy": destroy},
@@ -84,6 +86,7 @@ def to_json(result: RunResult, show_diff: bool = False) -> dict[str, Any]:
         diff=plan.diff if show_diff else {},
         recovered=result.recovered,
         not_serving=result.not_serving,
+        warnings=plan.warnings,
     )
 
 
@@ -120,6 +123,10 @@ def to_text(result: RunResult, show_diff: bool = False) -> str:
     if plan.conflicts:
         lines.append("Conflicts (objects nsproxy does not own; these tenants are skipped and not served):")
         lines.extend(f"  ! {c}" for c in plan.conflicts)
+        lines.append("")
+    if plan.warnings:
+        lines.append("Warnings:")
+        lines.extend(f"  ~ {w}" for w in plan.warnings)
         lines.append("")
     errors = result.errors
     if errors:

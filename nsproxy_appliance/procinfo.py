@@ -6,6 +6,8 @@ import time
 
 CMDLINE_ATTEMPTS = 10
 _NSPROXYD_MODULE = b"nsproxy_appliance.daemon.main"
+_BROKER_PROGRAM = b"nsproxy-broker"
+_BROKER_MODULE = b"nsproxy_appliance.broker.server"
 
 
 def nsproxyd_alive(pid: int) -> bool | None:
@@ -13,6 +15,15 @@ def nsproxyd_alive(pid: int) -> bool | None:
 
     None: alive, but its cmdline stayed empty on every read, so the caller decides.
     """
+    return _alive(pid, b"nsproxyd", _NSPROXYD_MODULE)
+
+
+def broker_alive(pid: int) -> bool | None:
+    """The same for nsproxy-broker."""
+    return _alive(pid, _BROKER_PROGRAM, _BROKER_MODULE)
+
+
+def _alive(pid: int, program: bytes, module: bytes) -> bool | None:
     for attempt in range(CMDLINE_ATTEMPTS):
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
@@ -24,7 +35,7 @@ def nsproxyd_alive(pid: int) -> bool | None:
         if state in (b"Z", b"X"):
             return False
         if args != [b""]:
-            return any(a.endswith(b"nsproxyd") or a == _NSPROXYD_MODULE for a in args[:4])
+            return any(a.endswith(program) or a == module for a in args[:4])
         # An empty cmdline on a live process is transient (the kernel could not read its memory
         # just then, e.g. while it maps memory under load): read again.
         time.sleep(0.005 * (attempt + 1))

@@ -13,13 +13,29 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from . import atomicfile
 from .errors import RuntimeConfigError
-from .model import DaemonSettings, Limits, Listen, Manifest, NetnsRef, Tenant, Upstream
+from .model import (
+    CLIENT_AUTH,
+    LOG_FORMATS,
+    TLS_VERSIONS,
+    Certificate,
+    DaemonSettings,
+    Limits,
+    Listen,
+    ListenTls,
+    Manifest,
+    NetnsRef,
+    Tenant,
+    TenantTls,
+    Upstream,
+    UpstreamTls,
+)
 from .paths import Paths
 
 __all__ = ["FORMAT_VERSION", "Loader", "Paths", "RuntimeConfig", "load", "parse", "render", "write"]
@@ -44,15 +60,29 @@ def render(
     body = {
         "format": FORMAT_VERSION,
         "admin_socket": paths.admin_socket,
-        "daemon": dict(vars(manifest.daemon)),
+        "daemon": _daemon_settings(manifest.daemon),
         "manifest": {"tenants": names, "excluded": dict(sorted((excluded or {}).items()))},
         "tenants": [_tenant(t) for t in manifest.tenants],
     }
     return {"generation": generation_of(body), **body}
 
 
+# Daemon settings added after format 1, written only when they differ from their default: a config
+# that does not use one reads the same to the daemon of the version before (which would reject an
+# unknown field), so upgrading the applier first neither changes the generation nor breaks a reload.
+_WRITTEN_ONLY_WHEN_SET = {"log_format": DaemonSettings().log_format}
+
+
+def _daemon_settings(settings: DaemonSettings) -> dict[str, Any]:
+    out = dict(vars(settings))
+    for name, default in _WRITTEN_ONLY_WHEN_SET.items():
+        if out[name] == default:
+            del out[name]
+    return out
+
+
 def generation_of(body: dict[str, Any]) -> str:
-    canonical = json.dumps({k: v for k, v in body.items() if k != "generation"}, sort_keys=True)
+    canonical = json.dumps({k: v for k, v in body.items() if k not in ("generation", DELTA_KEY)}, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
@@ -62,39 +92,114 @@ def _tenant(t: Tenant) -> dict[str, Any]:
         "tenant_id": t.tenant_id,
         "tenant_header": t.tenant_header,
         "netns": {"name": t.netns.name, "path": t.netns.path},
-        "listen": [{"host": listen.host, "port": listen.port} for listen in t.listen],
+        "listen": [_listen(listen) for listen in t.listen],
         # vars() rather than dataclasses.asdict: these are flat, and asdict's deep copy is slow at 1000 tenants.
-        "upstream": dict(vars(t.upstream)),
+        "upstream": _upstream(t.upstream),
         "limits": dict(vars(t.limits)),
+        **({} if t.tls == _DEFAULT_TENANT_TLS else {"tls": dict(vars(t.tls))}),
     }
+
+
+# The TLS parts are written only where they are used (a TLS listener, an https upstream, TLS settings
+# other than the defaults): a tenant without them reads the same to the daemon of the version before,
+# and keeps its generation.
+_DEFAULT_TENANT_TLS = TenantTls()
+
+
+def _listen(listen: Listen) -> dict[str, Any]:
+    if listen.tls is None:
+        return {"host": listen.host, "port": listen.port}
+    tls = dict(vars(listen.tls))
+    tls["certificates"] = [{**vars(c), "names": list(c.names)} for c in listen.tls.certificates]
+    return {"host": listen.host, "port": listen.port, "tls": tls}
+
+
+def _upstream(upstream: Upstream) -> dict[str, Any]:
+    out = dict(vars(upstream))
+    tls = out.pop("tls")
+    if tls is not None:
+        out["tls"] = dict(vars(tls))
+    return out
 
 
 _TENANTS_START = ', "tenants": [\n'  # the layout _dump writes and Loader reads back
 _TENANTS_END = "\n]}\n"
+_TENANTS_START_B = _TENANTS_START.encode()
+_TENANTS_END_B = _TENANTS_END.encode()
 
 
-def _dump(config: dict[str, Any]) -> str:
+# A config written over another lists the tenants whose line changed (with the generation it was
+# written over): the daemon then reads just those lines. Not part of the generation (not content).
+DELTA_KEY = "delta"
+DELTA_MAX = 256  # changed tenants a delta names at most; beyond that the daemon compares every line
+_NAME_KEY = re.compile(rb'"name": ("(?:[^"\\]|\\.)*"), "netns": ')  # a tenant line's own name (sorted keys)
+
+
+def _dump(config: dict[str, Any], delta: dict[str, Any] | None = None, lines: list[str] | None = None) -> str:
     head = {k: v for k, v in config.items() if k != "tenants"}
-    lines = [json.dumps(t, sort_keys=True) for t in config.get("tenants", [])]
+    if delta is not None:
+        head[DELTA_KEY] = delta
+    if lines is None:
+        lines = _lines(config)
     body = json.dumps(head, sort_keys=True)[:-1]
     return body + _TENANTS_START + ",\n".join(lines) + _TENANTS_END
 
 
+def _lines(config: dict[str, Any]) -> list[str]:
+    return [json.dumps(t, sort_keys=True) for t in config.get("tenants", [])]
+
+
 def write(config: dict[str, Any], path: str) -> bool:
     """Atomically write `config` to `path`; returns False when the file already holds it."""
-    # One tenant per line: readable and diffable, and without indent= json uses its C encoder.
-    text = _dump(config)
     try:
-        with open(path, encoding="utf-8") as f:
-            if f.read() == text:
-                return False
-    except FileNotFoundError:
-        pass
+        with open(path, "rb") as f:
+            old: bytes | None = f.read()
     except OSError:
-        pass  # unreadable: replace it
-    # The runtime dir is tmpfs (/run) by default: the rename need not survive a power cut.
-    atomicfile.write_text(path, text, sync_directory=False)
+        old = None  # absent or unreadable: replace it
+    lines = _lines(config)
+    old_head = _head_of(old) if old is not None else None
+    if old_head is not None and old_head.get("generation") == config["generation"]:
+        if old == _dump(config, old_head.get(DELTA_KEY), lines).encode():
+            return False  # the file holds this config (with the delta it was written with)
+        delta = None  # the same generation but other bytes (edited by hand?): rewrite it whole
+    else:
+        delta = _delta(old, old_head, config, lines) if old is not None and old_head is not None else None
+    # One tenant per line: readable and diffable, and without indent= json uses its C encoder.
+    # The runtime dir is tmpfs (/run) by default: the rename need not survive a power cut. Readable by
+    # the daemon's user (and the broker); writable by root only (broker/registry.py checks that).
+    atomicfile.write_text(path, _dump(config, delta, lines), sync_directory=False, mode=0o644)
     return True
+
+
+def _head_of(data: bytes) -> dict[str, Any] | None:
+    """Everything but the tenants of a config file in _dump's layout; None for any other file."""
+    start = data.find(_TENANTS_START_B)
+    if start < 0 or not data.endswith(_TENANTS_END_B):
+        return None
+    try:
+        head = json.loads(data[:start] + b', "tenants": []}')
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+    return head if isinstance(head, dict) else None
+
+
+def _delta(old: bytes, old_head: dict[str, Any], config: dict[str, Any], lines: list[str]) -> dict[str, Any] | None:
+    """Which tenants' lines differ between `old` (a config file) and `config` (added and removed
+    ones included), or None when there are too many to be worth listing."""
+    start = old.find(_TENANTS_START_B) + len(_TENANTS_START_B)
+    body = old[start : len(old) - len(_TENANTS_END_B)]
+    old_lines = body.decode("utf-8", "replace").split(",\n") if body else []
+    unchanged = set(old_lines).intersection(lines)  # in C: most lines are the same text
+    names = {t["name"] for t, line in zip(config.get("tenants", []), lines, strict=True) if line not in unchanged}
+    for line in old_lines:
+        if line not in unchanged:
+            m = _NAME_KEY.search(line.encode())
+            if m is None:
+                return None
+            names.add(json.loads(m.group(1)))
+    if len(names) > DELTA_MAX or not isinstance(old_head.get("generation"), str):
+        return None
+    return {"from": old_head["generation"], "tenants": sorted(names)}
 
 
 def read(path: str) -> dict[str, Any] | None:
@@ -138,72 +243,141 @@ def load(path: str) -> RuntimeConfig:
 
 class Loader:
     """Loads the runtime config at `path` again and again (the daemon's reloads), reusing the Tenant
-    of every tenant line unchanged since the last load.
+    of every tenant whose line did not change since the last load.
 
-    A config is one tenant per line (_dump), and a reload usually changes a few of 10,000 lines: the
-    same text gives the same Tenant object, so the reconciler can tell an unchanged tenant by
-    identity, and only changed lines are decoded and validated. A file not in that layout is read
-    whole, as `load` does.
+    A config is one tenant per line (_dump), and a reload usually changes a few of 10,000 lines.
+    When the file names its delta (the tenants changed since the generation this loader loaded
+    last), only those lines are found and decoded; otherwise every line is compared with the last
+    load's and only the new ones decoded. Either way an unchanged tenant keeps its very object, so
+    the reconciler can tell it by identity. After a load, `changed` holds the tenants decoded anew
+    and `removed` the ones gone (a changed tenant is in both, as its new and its old version);
+    `incremental` is False when nothing was reused (the first load, or a file not in _dump's
+    layout, which is read whole, as `load` does).
     """
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self._by_line: dict[str, Tenant] = {}
+        self._tenants: dict[str, Tenant] = {}  # by tenant name, in the config's order
+        self._generation: str | None = None
+        self.changed: list[Tenant] = []
+        self.removed: list[Tenant] = []
+        self.incremental = False
 
     def load(self) -> RuntimeConfig:
         path = self.path
         try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
+            with open(path, "rb") as f:
+                data = f.read()  # bytes: json reads them as they are, and decoding 10,000 lines costs
         except FileNotFoundError:
             raise RuntimeConfigError(f"{path}: no such file (write it with nsproxy-apply)") from None
-        except (OSError, UnicodeDecodeError) as e:
-            reason = e.strerror if isinstance(e, OSError) else str(e)
-            raise RuntimeConfigError(f"{path}: cannot read: {reason}") from None
-        start = text.find(_TENANTS_START)
-        if start < 0 or not text.endswith(_TENANTS_END):
-            return self._whole(text)
-        body = text[start + len(_TENANTS_START) : len(text) - len(_TENANTS_END)]
-        lines = body.split(",\n") if body else []  # a JSON line holds no raw newline: this split is exact
-        try:
-            head = json.loads(text[:start] + ', "tenants": []}')
-        except json.JSONDecodeError:
-            return self._whole(text)
-        previous, seen = self._by_line, {}
-        tenants = []
-        first_line = text.count("\n", 0, start) + 2  # the file line of the first tenant
-        for i, line in enumerate(lines):
+        except OSError as e:
+            raise RuntimeConfigError(f"{path}: cannot read: {e.strerror}") from None
+        head = _head_of(data)
+        if head is None:
+            return self._whole(data)
+        start = data.find(_TENANTS_START_B) + len(_TENANTS_START_B)
+        end = len(data) - len(_TENANTS_END_B)
+        delta = head.get(DELTA_KEY)
+        if (
+            isinstance(delta, dict)
+            and self._generation is not None
+            and delta.get("from") == self._generation
+            and isinstance(delta.get("tenants"), list)
+        ):
+            result = self._by_names(data, start, end, head, [str(n) for n in delta["tenants"]])
+            if result is not None:
+                return result
+        return self._by_lines(data, start, end, head)
+
+    def _by_names(
+        self, data: bytes, start: int, end: int, head: dict[str, Any], names: list[str]
+    ) -> RuntimeConfig | None:
+        """Only the delta's tenants' lines (the writer listed every line it changed since the generation
+        this loader has, `from`); None when a line does not say what the delta says (then every line)."""
+        tenants = dict(self._tenants)
+        changed: list[Tenant] = []
+        removed: list[Tenant] = []
+        for name in names:
+            at = data.find(b'"name": ' + json.dumps(name).encode() + b', "netns": ', start, end)
+            old = tenants.get(name)
+            if old is not None:
+                removed.append(old)
+            if at < 0:  # gone
+                tenants.pop(name, None)
+                continue
+            line_start = data.rfind(b"\n", start - 1, at) + 1
+            line_end = data.find(b"\n", at, end + 1)
+            line = data[line_start : line_end if line_end >= 0 else end].removesuffix(b",")
+            tenant = self._decode(line, data.count(b"\n", 0, line_start) + 1)
+            if tenant.name != name:
+                return None
+            changed.append(tenant)
+            tenants[name] = tenant  # in place when it was there (the order is not significant otherwise)
+        return self._done(head, tenants, changed, removed)
+
+    def _by_lines(self, data: bytes, start: int, end: int, head: dict[str, Any]) -> RuntimeConfig:
+        """Every line compared with the tenants of the last load (written out again: this is the
+        rare path); only new ones decoded."""
+        body = data[start:end]
+        found = body.split(b",\n") if body else []  # a JSON line holds no raw newline: the split is exact
+        previous = {json.dumps(_tenant(t), sort_keys=True).encode(): t for t in self._tenants.values()}
+        first_line = data.count(b"\n", 0, start) + 1  # the file line of the first tenant
+        tenants: dict[str, Tenant] = {}
+        changed: list[Tenant] = []
+        for i, line in enumerate(found):
             tenant = previous.get(line)
             if tenant is None:
-                try:
-                    tenant = _tenant_of(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise RuntimeConfigError(f"{path}:{first_line + i}:{e.colno}: invalid JSON: {e.msg}") from None
-                except RuntimeConfigError as e:
-                    raise RuntimeConfigError(f"{path}:{first_line + i}: {e}") from None
-            seen[line] = tenant
-            tenants.append(tenant)
-        try:
-            config = _parse(head, tuple(tenants))
-        except RuntimeConfigError as e:
-            raise RuntimeConfigError(f"{path}: {e}") from None
-        self._by_line = seen
-        return config
+                tenant = self._decode(line, first_line + i)
+                changed.append(tenant)
+            tenants[tenant.name] = tenant
+        if len(tenants) != len(found):
+            raise RuntimeConfigError(f"{self.path}: two tenants with one name")
+        gone = self._tenants.keys() - tenants.keys()
+        removed = [self._tenants[name] for name in gone]
+        removed += [self._tenants[t.name] for t in changed if t.name in self._tenants]
+        return self._done(head, tenants, changed, removed)
 
-    def _whole(self, text: str) -> RuntimeConfig:
+    def _decode(self, line: bytes, line_number: int) -> Tenant:
         try:
-            data = json.loads(text)
+            return _tenant_of(json.loads(line))
         except json.JSONDecodeError as e:
-            raise RuntimeConfigError(f"{self.path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+            raise RuntimeConfigError(f"{self.path}:{line_number}:{e.colno}: invalid JSON: {e.msg}") from None
+        except UnicodeDecodeError as e:
+            raise RuntimeConfigError(f"{self.path}:{line_number}: not UTF-8: {e.reason}") from None
+        except RuntimeConfigError as e:
+            raise RuntimeConfigError(f"{self.path}:{line_number}: {e}") from None
+
+    def _done(
+        self, head: dict[str, Any], tenants: dict[str, Tenant], changed: list[Tenant], removed: list[Tenant]
+    ) -> RuntimeConfig:
         try:
-            config = parse(data)
+            config = _parse(head, tuple(tenants.values()))
         except RuntimeConfigError as e:
             raise RuntimeConfigError(f"{self.path}: {e}") from None
-        self._by_line = {}
+        self.incremental = self._generation is not None
+        self._tenants, self._generation = tenants, config.generation
+        self.changed, self.removed = changed, removed
+        return config
+
+    def _whole(self, data: bytes) -> RuntimeConfig:
+        try:
+            doc = json.loads(data)
+        except json.JSONDecodeError as e:
+            raise RuntimeConfigError(f"{self.path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
+        except UnicodeDecodeError as e:
+            raise RuntimeConfigError(f"{self.path}: not UTF-8: {e.reason}") from None
+        try:
+            config = parse(doc)
+        except RuntimeConfigError as e:
+            raise RuntimeConfigError(f"{self.path}: {e}") from None
+        self._tenants, self._generation = {t.name: t for t in config.tenants}, config.generation
+        self.incremental = False
+        self.changed, self.removed = list(config.tenants), []
         return config
 
 
 T = TypeVar("T")
+_FIELD_NAMES: dict[type, frozenset[str]] = {}
 
 
 def _field(raw: Any, key: str, kind: type | tuple[type, ...] = object) -> Any:
@@ -221,14 +395,28 @@ def _record(cls: type[T], raw: Any, where: str) -> T:
     """A flat dataclass from a JSON object: unknown or ill-typed fields are errors, not TypeErrors."""
     if not isinstance(raw, dict):
         raise RuntimeConfigError(f"{where}: expected an object, got {type(raw).__name__}")
-    known = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # cls is a dataclass
+    known = _FIELD_NAMES.get(cls)
+    if known is None:  # once per class: dataclasses.fields() per record showed at 10,000 tenants
+        known = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
     unknown = sorted(set(raw) - known)
     if unknown:
         raise RuntimeConfigError(f"unknown field {unknown[0]!r} ({cls.__name__})")
     try:
-        return cls(**raw)
-    except TypeError as e:  # a required field is missing
+        return _interned(cls(**raw))
+    except TypeError as e:  # a required field is missing, or a value is not hashable
         raise RuntimeConfigError(f"{where}: {e}") from None
+
+
+_INTERNED: dict[Any, Any] = {}
+_INTERN_MAX = 100_000
+
+
+def _interned(value: T) -> T:
+    """One object for equal frozen values: 10,000 tenants mostly share their limits, upstream and
+    listeners, and one copy each keeps the daemon's memory flat (docs/performance.md)."""
+    if len(_INTERNED) >= _INTERN_MAX:
+        _INTERNED.clear()
+    return cast(T, _INTERNED.setdefault(value, value))
 
 
 def _tenant_of(raw: Any) -> Tenant:
@@ -241,10 +429,40 @@ def _tenant_of(raw: Any) -> Tenant:
         tenant_id=_field(raw, "tenant_id", str),
         tenant_header=_field(raw, "tenant_header", str),
         netns=NetnsRef(path=_field(netns, "path", str), name=_field(netns, "name", (str, type(None)))),
-        listen=tuple(Listen(host=_field(x, "host", str), port=_field(x, "port", int)) for x in listen),
-        upstream=_record(Upstream, _field(raw, "upstream", dict), "upstream"),
+        listen=_interned(tuple(_listen_of(x) for x in listen)),
+        upstream=_upstream_of(_field(raw, "upstream", dict)),
         limits=_record(Limits, _field(raw, "limits", dict), "limits"),
+        tls=_record(TenantTls, raw["tls"], "tls") if "tls" in raw else _DEFAULT_TENANT_TLS,
     )
+
+
+def _listen_of(raw: Any) -> Listen:
+    host, port = _field(raw, "host", str), _field(raw, "port", int)
+    if "tls" not in raw:
+        return _interned(Listen(host=host, port=port))
+    tls = dict(_field(raw, "tls", dict))
+    certificates = tls.pop("certificates", None)
+    if not isinstance(certificates, list) or not certificates:
+        raise RuntimeConfigError(f"listener {host}:{port}: tls needs a non-empty list of certificates")
+    certs = []
+    for raw_cert in certificates:
+        names = raw_cert.get("names", []) if isinstance(raw_cert, dict) else []
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise RuntimeConfigError(f"listener {host}:{port}: certificate names must be a list of strings")
+        fields = {**raw_cert, "names": tuple(names)} if isinstance(raw_cert, dict) else raw_cert  # hashable
+        certs.append(_record(Certificate, fields, "certificate"))
+    listen_tls = _record(ListenTls, {**tls, "certificates": tuple(certs)}, "tls")
+    if listen_tls.min_version not in TLS_VERSIONS or listen_tls.client_auth not in CLIENT_AUTH:
+        raise RuntimeConfigError(f"listener {host}:{port}: unknown min_version or client_auth")
+    return _interned(Listen(host=host, port=port, tls=listen_tls))
+
+
+def _upstream_of(raw: dict[str, Any]) -> Upstream:
+    if "tls" not in raw:
+        return _record(Upstream, raw, "upstream")
+    rest = {k: v for k, v in raw.items() if k != "tls"}
+    tls = _record(UpstreamTls, raw["tls"], "upstream tls")
+    return _interned(dataclasses.replace(_record(Upstream, rest, "upstream"), tls=tls))
 
 
 def parse(data: Any) -> RuntimeConfig:
@@ -261,6 +479,10 @@ def _parse(data: dict[str, Any], tenants: tuple[Tenant, ...]) -> RuntimeConfig:
     generation = _field(data, "generation", str)
     admin_socket = _field(data, "admin_socket", str)
     daemon = _record(DaemonSettings, _field(data, "daemon", dict), "daemon")
+    if daemon.log_format not in LOG_FORMATS:
+        raise RuntimeConfigError(
+            f"daemon: log_format must be one of {', '.join(LOG_FORMATS)}, got {daemon.log_format!r}"
+        )
     applied = data.get("manifest")  # optional: configs written before it existed lack it
     excluded = applied.get("excluded") if isinstance(applied, dict) else None
     if not isinstance(excluded, dict):

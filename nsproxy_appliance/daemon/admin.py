@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import httptools
 
+from .. import drift
 from ..errors import NsproxyError
 from . import metrics, reports
 
@@ -57,6 +58,11 @@ REASONS = {
     500: "Internal Server Error",
     503: "Service Unavailable",
 }
+
+
+def drift_file(config_path: str) -> str:
+    """Paths.drift_file of the runtime dir holding `config_path`."""
+    return os.path.join(os.path.dirname(os.path.abspath(config_path)), "drift.json")
 
 
 class AdminError(NsproxyError):
@@ -128,7 +134,9 @@ class Routes:
         return _json(200 if body["ready"] else 503, body)
 
     def metrics(self) -> Reply:
-        return 200, metrics.CONTENT_TYPE, metrics.render(self.state.contexts(), reports.metrics_info(self.state))
+        body = metrics.render(self.state.contexts(), reports.metrics_info(self.state))
+        # + what the last nsproxy-reconcile found (drift.json next to the config), when a timer runs it
+        return 200, metrics.CONTENT_TYPE, body + drift.prometheus(drift_file(self.reconciler.config_path))
 
     async def reload(self) -> Reply:
         if self.state.stopping:

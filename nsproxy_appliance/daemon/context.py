@@ -44,6 +44,7 @@ class TenantCounters:
         self._by_class: list[int] | None = None  # by _CLASS_INDEX
         self._buckets: list[int] | None = None  # by DURATION_BUCKETS, then +Inf
         self._errors: dict[str, int] | None = None  # reason ("refused", "timeout", ...) -> count
+        self._tls_failures: dict[str, int] | None = None  # failed TLS handshakes: reason -> count (tls.py)
 
     def observe(self, status: int, duration: float) -> None:
         by_class = self._by_class
@@ -60,6 +61,16 @@ class TenantCounters:
         if errors is None:
             errors = self._errors = {}
         errors[reason] = errors.get(reason, 0) + 1
+
+    def tls_handshake_failure(self, reason: str) -> None:
+        failures = self._tls_failures
+        if failures is None:
+            failures = self._tls_failures = {}
+        failures[reason] = failures.get(reason, 0) + 1
+
+    @property
+    def tls_handshake_failures(self) -> dict[str, int]:
+        return dict(self._tls_failures or {})
 
     @property
     def requests_by_class(self) -> dict[str, int]:
@@ -99,7 +110,12 @@ class TenantPolicy:
         self.max_header_bytes: int = limits.max_header_bytes
         self.max_body_bytes: int = limits.max_body_bytes
         self.max_connections: int = limits.max_connections
-        self.request = RequestPolicy.build(tenant.tenant_header, tenant.tenant_id)
+        tls = tenant.tls
+        self.request = RequestPolicy.build(
+            tenant.tenant_header, tenant.tenant_id, managed=(tls.subject_header, tls.fingerprint_header)
+        )
+        self.subject_header = tls.subject_header  # mutual TLS: the client certificate's headers
+        self.fingerprint_header = tls.fingerprint_header
         self.upstream_label = tenant.upstream.describe()
         self.pool: UpstreamPool | None = None  # resolved on the first request: opening it may fail
 

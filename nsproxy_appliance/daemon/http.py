@@ -32,6 +32,7 @@ from .framing import LAST_CHUNK, BodyMode, chunk, error_response
 from .lazytimer import LazyTimer
 from .request_head import REQUEST_IDS, Peer, Refused, rewrite_request
 from .response_head import BadResponse, interim_head, rewrite_response
+from .tls import client_cert_lines, upstream_error_reason
 from .tunnel import Tunnel
 from .upstream import UpstreamConnection, UpstreamPool, pool_for
 
@@ -210,7 +211,9 @@ class ProxyProtocol(LazyTimer):
         self._timer_at = 0.0
         self._held: list[bytes] | None = None  # bytes after a WebSocket upgrade request
         self._held_bytes = 0
-        self._deferred: tuple[int, str, bool] | None = None  # a bad pipelined request: status, reason, HEAD
+        # a bad pipelined request, answered after the ones before it: status, reason, its exchange
+        # (None when it broke off before its URL), so its answer is accounted and logged like any
+        self._deferred: tuple[int, str, Exchange | None] | None = None
         self._write_paused = False
         self._draining = False
         self._closing = False
@@ -245,11 +248,19 @@ class ProxyProtocol(LazyTimer):
         if listen is None or listen.host in _WILDCARDS:
             local = transport.get_extra_info("sockname")
             if isinstance(local, tuple):
-                listen = Listen(local[0], local[1])
+                listen = Listen(local[0], local[1], listen.tls if listen is not None else None)
         if isinstance(peer, tuple) and listen is not None:
             self.client = peer[0]
             self.client_port = peer[1]
-            self.peer = Peer.of(peer[0], listen.port)
+            tls = listen.tls
+            if tls is None:
+                self.peer = Peer.of(peer[0], listen.port)
+            else:  # behind TLS (tls.py): the handshake is done
+                cert_lines = b""
+                if tls.client_ca is not None:
+                    sslobj = transport.get_extra_info("ssl_object")
+                    cert_lines = client_cert_lines(sslobj, policy.subject_header, policy.fingerprint_header)
+                self.peer = Peer.of(peer[0], listen.port, b"https", cert_lines)
             self.listen_label = str(listen)
             self.default_host = self.listen_label.encode()
         self._phase_since = now = self.loop.time()
@@ -293,9 +304,12 @@ class ProxyProtocol(LazyTimer):
         return None
 
     def begin_drain(self) -> None:
-        """Finish the in-flight request, then close; an idle connection closes now."""
+        """Finish the in-flight request, then close; an idle connection closes now. One whose first
+        request has not arrived yet (accepted just before the drain, its bytes on the way) is kept
+        for that request: closing it would fail a request the client already sent (header_timeout
+        bounds the wait)."""
         self._draining = True
-        if self._active is None and self._parsing is None and not self._closing:
+        if self._active is None and self._parsing is None and not self._closing and self._last_parsed is not None:
             self._close()
 
     def abort(self) -> None:
@@ -503,7 +517,7 @@ class ProxyProtocol(LazyTimer):
             # A later pipelined request is bad: answer the ones before it first.
             if parsing is not None and self._queue and parsing in self._queue:
                 self._queue.remove(parsing)  # its head was fine, its body is not: never send it
-            self._deferred = (status, reason, parsing is not None and parsing.method == b"HEAD")
+            self._deferred = (status, reason, parsing)
             self._parsing = None
             self._stop_reading = True
             self.gate.pause(PIPELINE)  # type: ignore[union-attr]
@@ -661,7 +675,8 @@ class ProxyProtocol(LazyTimer):
         if not ex.resp_keep_alive or not ex.complete or ex.websocket:
             self._close()
             return
-        if self.gate.reasons or self._queue or self._deferred is not None or self._draining:  # type: ignore[union-attr]
+        gate: ReadGate = self.gate  # type: ignore[assignment]  # set in connection_made
+        if gate.reasons or self._queue or self._deferred is not None or self._draining or self._parsing is not None:
             self._next_exchange()
             return
         self._phase = _IDLE
@@ -684,8 +699,8 @@ class ProxyProtocol(LazyTimer):
             self._start(nxt)
             return
         if self._deferred is not None:
-            status, reason, head_only = self._deferred
-            self._fail(status, reason, head_only=head_only)
+            status, reason, self._parsing = self._deferred
+            self._fail(status, reason)
             return
         if self._draining:
             self._close()
@@ -756,7 +771,7 @@ class ProxyProtocol(LazyTimer):
             return
         self._fail(status, reason)
 
-    def _fail(self, status: int, reason: str, *, error: str | None = None, head_only: bool = False) -> None:
+    def _fail(self, status: int, reason: str, *, error: str | None = None) -> None:
         """Answer with a small error response and close the connection."""
         if error is not None:
             self.counters.upstream_error(error)
@@ -786,8 +801,7 @@ class ProxyProtocol(LazyTimer):
         else:
             self.counters.observe(status, 0.0)
         self._out.clear()
-        head_only = head_only or (ex is not None and ex.method == b"HEAD")
-        self._out.append(error_response(status, head_only=head_only))
+        self._out.append(error_response(status, head_only=ex is not None and ex.method == b"HEAD"))
         self.flush()
         self._close()
 
@@ -830,6 +844,9 @@ def _text(value: bytes | None) -> str | None:
 
 
 def _os_error_reason(exc: OSError) -> str:
+    tls_reason = upstream_error_reason(exc)  # an https upstream: verification or another TLS failure
+    if tls_reason is not None:
+        return tls_reason
     if isinstance(exc, ConnectionRefusedError):
         return "refused"
     if isinstance(exc, ConnectionResetError):

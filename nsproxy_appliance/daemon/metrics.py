@@ -11,6 +11,7 @@ from typing import Any
 
 from .. import version
 from .context import DURATION_BUCKETS, TenantContext
+from .tls import HANDSHAKE_FAILURE_REASONS
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATES = ("starting", "serving", "failed", "draining")
@@ -30,6 +31,8 @@ UPSTREAM_ERROR_REASONS = (
     "refused",
     "reset",
     "timeout",
+    "tls_error",
+    "tls_verify_failed",
     "unsolicited_101",
 )
 OTHER_REASON = "other"
@@ -61,7 +64,10 @@ MAX_SERIES_PER_TENANT = (
     + len(_ONE_SAMPLE_PER_TENANT)
     + len(DURATION_BUCKETS)
     + 3
+    + len(HANDSHAKE_FAILURE_REASONS)  # nsproxy_tls_handshake_failures_total ("other" included)
 )
+# Besides, nsproxy_tls_certificate_expiry_seconds has one series per certificate of a tenant's TLS
+# listeners: bounded by its manifest entry, not by traffic.
 
 _PROCESS_HELP = {  # names, types and help texts of the Prometheus client libraries
     "process_cpu_seconds_total": ("counter", "Total user and system CPU time spent in seconds."),
@@ -179,5 +185,23 @@ def render(contexts: Iterable[TenantContext], daemon: dict[str, Any]) -> bytes:
         out.append(f'nsproxy_request_duration_seconds_bucket{{{lab},le="+Inf"}} {cumulative}')
         out.append(f"nsproxy_request_duration_seconds_sum{{{lab}}} {c.duration_sum}")
         out.append(f"nsproxy_request_duration_seconds_count{{{lab}}} {cumulative}")
+    family(
+        "nsproxy_tls_handshake_failures_total", "counter", "Failed TLS handshakes on the tenant's listeners, by reason."
+    )
+    for ctx, lab in labels:
+        failures: dict[str, int] = {}
+        for reason, count in ctx.counters.tls_handshake_failures.items():
+            known = reason if reason in HANDSHAKE_FAILURE_REASONS else "other"
+            failures[known] = failures.get(known, 0) + count
+        for reason, count in sorted(failures.items()):
+            out.append(f'nsproxy_tls_handshake_failures_total{{{lab},reason="{reason}"}} {count}')
+    family(
+        "nsproxy_tls_certificate_expiry_seconds",
+        "gauge",
+        "When a certificate a TLS listener serves expires, in seconds since the epoch.",
+    )
+    for tenant, listener, serial, not_after in daemon.get("tls_certificates", ()):
+        labels_ = f'tenant="{_label(tenant)}",listener="{_label(listener)}",serial="{_label(serial)}"'
+        out.append(f"nsproxy_tls_certificate_expiry_seconds{{{labels_}}} {not_after!r}")
     chunks.append(("\n".join(out) + "\n").encode())
     return b"".join(chunks)

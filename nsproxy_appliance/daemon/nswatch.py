@@ -4,9 +4,10 @@ Two sources, both only ever *trigger* a check (what to do is the Reconciler's re
 - inotify on the named-namespace directory (/run/netns): `ip netns del/add` and nsproxy-apply
   create and remove files there, so a named namespace's tenant is checked at once; a new file is
   mounted a moment after it is created, so it is checked again shortly after;
-- a cheap periodic identity check (one stat per tenant) for everything, which covers `{path: ...}`
+- a cheap periodic identity check (one stat per tenant) of every `{path: ...}` tenant, which covers
   namespaces a container runtime replaces by bind-mounting a new one at the same path (mounts make
-  no inotify events), and a /run/netns that did not exist when the daemon started.
+  no inotify events), of every tenant while inotify is not watching (a /run/netns that did not exist
+  when the daemon started), and of the named ones in a slow rotating sweep (inotify's safety net).
 
 A check compares the namespace at the tenant's path with the one its listeners live in: gone ->
 the tenant is marked failed with the reason and its sockets are closed (an open socket pins a dead
@@ -30,7 +31,8 @@ from .state import DaemonState, TenantState
 
 log = logging.getLogger("nsproxyd")
 
-CHECK_INTERVAL = 0.5  # seconds between identity checks of every tenant (the {path: ...} namespaces' bound)
+CHECK_INTERVAL = 0.5  # seconds between identity checks of the {path: ...} tenants (their bound to heal)
+SWEEP_PERIOD = 30.0  # seconds in which every named namespace's tenant is checked too (inotify's safety net)
 RECHECK_AFTER = (0.02, 0.1, 0.3)  # after an inotify event: the mount follows the file's creation
 
 IN_CLOEXEC = 0o2000000
@@ -114,6 +116,7 @@ class NamespaceWatcher:
         self._pending: set[str] = set()
         self._wake = asyncio.Event()
         self._timers: list[asyncio.TimerHandle] = []
+        self._sweep_at = 0  # where the rotating slice of named tenants goes on
 
     def start(self) -> None:
         try:
@@ -161,15 +164,30 @@ class NamespaceWatcher:
         self._wake.set()
 
     def stale(self) -> set[str]:
-        """Tenants whose namespace is not the one their listeners were made in (one stat each)."""
+        """Tenants whose namespace is not the one their listeners were made in.
+
+        One stat per tenant checked. Every `{path: ...}` tenant is checked each time (mounts make no
+        inotify events); a named namespace's tenant only in a rotating slice that covers all of them
+        every SWEEP_PERIOD (inotify reports their deletes and creations at once), unless inotify is
+        not watching: then every tenant, each time. At 10,000 named tenants a full stat round every
+        half second would cost a large share of a core for nothing.
+        """
+        slots = self.state.slots
+        watching = self._inotify is not None and self._inotify.watching
+        sweep: set[str] = set()
+        if watching:
+            named = [name for name, slot in slots.items() if slot.ctx.tenant.netns.name is not None]
+            per_tick = -(-len(named) * self.interval // SWEEP_PERIOD) if named else 0  # ceil
+            start = self._sweep_at % len(named) if named else 0
+            sweep = set((named[start:] + named[:start])[: int(per_tick)])
+            self._sweep_at = start + int(per_tick)
         out = set()
-        for name, slot in self.state.slots.items():
+        parent_devs: dict[str, int] = {}
+        for name, slot in slots.items():
+            if watching and slot.ctx.tenant.netns.name is not None and name not in sweep:
+                continue
             made_in = slot.listeners.identity
-            path = slot.ctx.tenant.netns.path
-            try:
-                now = netns.identity(path) if netns.is_mounted(path) else None
-            except OSError:
-                now = None
+            now = netns.mounted_identity(slot.ctx.tenant.netns.path, parent_devs)
             if now is None:
                 if made_in is not None or slot.ctx.state != TenantState.FAILED:
                     out.add(name)  # gone

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from .. import procinfo
 from ..errors import NsproxyError
@@ -12,8 +13,8 @@ class PidfileError(NsproxyError):
     """Another nsproxyd runs, or the pidfile cannot be written; the message says which."""
 
 
-def write(path: str) -> None:
-    """Write our pid; refuse when the file names another live nsproxyd."""
+def write(path: str, alive: Callable[[int], bool | None] = procinfo.nsproxyd_alive, what: str = "nsproxyd") -> None:
+    """Write our pid; refuse when the file names another live nsproxyd (or `what`, as `alive` tells)."""
     try:
         with open(path) as f:
             other = int(f.read().strip() or 0)
@@ -21,9 +22,9 @@ def write(path: str) -> None:
         other = 0
     except OSError as e:
         raise PidfileError(f"cannot read the pidfile {path}: {e.strerror}") from None
-    if other and other != os.getpid() and procinfo.nsproxyd_alive(other) is not False:
+    if other and other != os.getpid() and alive(other) is not False:
         # an unreadable live process counts: better to refuse than to start a second daemon
-        raise PidfileError(f"nsproxyd is already running (pid {other}, pidfile {path})")
+        raise PidfileError(f"{what} is already running (pid {other}, pidfile {path})")
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         os.makedirs(os.path.dirname(path) or ".", mode=0o755, exist_ok=True)

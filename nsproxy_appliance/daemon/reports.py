@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..model import Listen
 from . import listeners
 from .context import TenantContext
 from .state import DaemonState, TenantState
@@ -51,7 +52,18 @@ def metrics_info(state: DaemonState) -> dict[str, Any]:
         "access_log_dropped": getattr(state.access_log, "dropped_lines", 0),
         "access_log_write_errors": getattr(state.access_log, "write_errors", 0),
         "start_time": state.start_time,
+        "tls_certificates": tls_certificates(state),
     }
+
+
+def tls_certificates(state: DaemonState) -> list[tuple[str, str, str, float]]:
+    """(tenant, listener, serial, expiry) of every certificate the TLS listeners serve now."""
+    return [
+        (name, str(listen), info.serial, info.not_after)
+        for name, slot in state.slots.items()
+        for listen, terminator in slot.listeners.tls.items()
+        for info in terminator.certificates
+    ]
 
 
 def tenants_json(state: DaemonState) -> bytes:
@@ -83,10 +95,12 @@ def tenant_report(ctx: TenantContext, lst: listeners.TenantListeners | None) -> 
                 "address": str(listen),
                 "listening": lst is not None and listen in lst.servers,
                 "error": lst.errors.get(listen) if lst is not None else None,
+                **({} if listen.tls is None else {"tls": listener_tls(listen, lst)}),
             }
             for listen in t.listen
         ],
         "upstream": t.upstream.describe(),
+        **({} if t.upstream.tls is None else {"upstream_tls": upstream_tls(ctx)}),
         "counters": {
             "requests_by_class": dict(c.requests_by_class),
             "upstream_errors": dict(c.upstream_errors),
@@ -96,5 +110,30 @@ def tenant_report(ctx: TenantContext, lst: listeners.TenantListeners | None) -> 
             "bytes_in": c.bytes_in,
             "bytes_out": c.bytes_out,
             "requests": sum(c.requests_by_class.values()),
+            "tls_handshake_failures": c.tls_handshake_failures,
         },
+    }
+
+
+def listener_tls(listen: Listen, lst: listeners.TenantListeners | None) -> dict[str, Any]:
+    """A TLS listener's settings and the certificates it serves now (serial, expiry, names)."""
+    tls = listen.tls
+    assert tls is not None
+    terminator = lst.tls.get(listen) if lst is not None else None
+    return {
+        "min_version": tls.min_version,
+        "client_auth": tls.client_auth if tls.client_ca is not None else None,
+        "certificates": [info.to_json() for info in terminator.certificates] if terminator is not None else [],
+    }
+
+
+def upstream_tls(ctx: TenantContext) -> dict[str, Any]:
+    """How an https upstream is verified, and why the last connection to it failed in TLS, if it did."""
+    tls = ctx.tenant.upstream.tls
+    assert tls is not None
+    return {
+        "ca": tls.ca or "system",
+        "client_certificate": tls.cert,
+        "server_hostname": tls.server_hostname or ctx.tenant.upstream.host,
+        "last_error": getattr(ctx.pool, "tls_error", None),
     }

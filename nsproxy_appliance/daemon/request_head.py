@@ -51,10 +51,10 @@ class ManagedHeader:
 # APPEND keeps only copies spelled exactly with '-' (in any case); '_' spellings are dropped.
 MANAGED_HEADERS = (
     ManagedHeader("X-Forwarded-For", Action.APPEND, "the client's address as seen in its namespace"),
-    ManagedHeader("X-Forwarded-Proto", Action.REPLACE, "`http`"),
+    ManagedHeader("X-Forwarded-Proto", Action.REPLACE, "`http`, or `https` on a TLS listener"),
     ManagedHeader("X-Forwarded-Host", Action.REPLACE, "the request's Host (omitted without one)"),
     ManagedHeader("X-Forwarded-Port", Action.REPLACE, "the port of the listener the client connected to"),
-    ManagedHeader("Forwarded", Action.APPEND, '`for=<client>;host="<Host>";proto=http` (RFC 7239)'),
+    ManagedHeader("Forwarded", Action.APPEND, '`for=<client>;host="<Host>";proto=http` (or `https`; RFC 7239)'),
     ManagedHeader("X-Real-IP", Action.REPLACE, "the client's address"),
     ManagedHeader("X-Request-ID", Action.REPLACE, "a new id per request (the client's value is only logged)"),
 )
@@ -127,13 +127,16 @@ class RequestPolicy:
 
     tenant_header: bytes  # normalised name
     tenant_line: bytes  # b"X-Tenant-ID: acme\r\n", ready to append
+    # normalised names of the other per-tenant headers nsproxy sets (the client certificate ones):
+    # client copies are stripped, like the tenant header's
+    managed: frozenset[bytes] = frozenset()
     kinds: dict[bytes, int] = field(default_factory=dict, compare=False, repr=False)  # raw name -> kind
 
     def kind(self, name: bytes) -> int:
         """Classify a request header name (slow path; the result is cached in `kinds`)."""
         norm = normalise(name)
         lower = name.lower()
-        if norm == self.tenant_header:
+        if norm == self.tenant_header or norm in self.managed:
             kind = _DROP
         elif norm in _FRAMING and lower != norm:
             kind = _BAD  # Content_Length, Transfer_Encoding: smuggling attempts, never forwarded
@@ -148,12 +151,18 @@ class RequestPolicy:
         return kind
 
     @classmethod
-    def build(cls, header: str, tenant_id: str) -> RequestPolicy:
-        name = _check_value(header, "tenant header")
-        if not name or any(c in b' \t:()<>@,;"/[]?={}\\' for c in name):
-            raise HeaderValueError(f"tenant header {header!r} is not a valid header name")
+    def build(cls, header: str, tenant_id: str, managed: tuple[str, ...] = ()) -> RequestPolicy:
+        name = _header_name(header, "tenant header")
         value = _check_value(tenant_id, "tenant id")
-        return cls(tenant_header=normalise(name), tenant_line=name + b": " + value + b"\r\n")
+        others = frozenset(normalise(_header_name(h, "managed header")) for h in managed)
+        return cls(tenant_header=normalise(name), tenant_line=name + b": " + value + b"\r\n", managed=others)
+
+
+def _header_name(header: str, what: str) -> bytes:
+    name = _check_value(header, what)
+    if not name or any(c in b' \t:()<>@,;"/[]?={}\\' for c in name):
+        raise HeaderValueError(f"{what} {header!r} is not a valid header name")
+    return name
 
 
 class Peer:
@@ -166,29 +175,31 @@ class Peer:
 
     __slots__ = ("client_ip", "fixed_lines", "forwarded_for", "proto", "suffixes")
 
-    def __init__(self, client_ip: str, listen_port: int, proto: bytes = b"http") -> None:
+    def __init__(self, client_ip: str, listen_port: int, proto: bytes = b"http", cert_lines: bytes = b"") -> None:
         ip = client_ip.encode()
         self.client_ip = ip
         self.forwarded_for = b'"[' + ip + b']"' if b":" in ip else ip  # the RFC 7239 node
         self.proto = proto
-        # the REPLACE headers that do not depend on the request
-        self.fixed_lines = b"X-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\nX-Real-IP: %s\r\n" % (
+        # the REPLACE headers that do not depend on the request (and a mutual-TLS client's certificate)
+        self.fixed_lines = b"X-Forwarded-Proto: %s\r\nX-Forwarded-Port: %d\r\nX-Real-IP: %s\r\n%s" % (
             proto,
             listen_port,
             ip,
+            cert_lines,
         )
         self.suffixes: dict[tuple[RequestPolicy, bytes | None], bytes] = {}
 
     @classmethod
-    def of(cls, client_ip: str, listen_port: int, proto: bytes = b"http") -> Peer:
-        """The shared Peer of a client address and listener port: a client that opens a connection
-        per request reuses the encoded lines and the suffix cache of its earlier connections."""
-        key = (client_ip, listen_port, proto)
+    def of(cls, client_ip: str, listen_port: int, proto: bytes = b"http", cert_lines: bytes = b"") -> Peer:
+        """The shared Peer of a client address and listener port (and scheme, and client certificate
+        lines): a client that opens a connection per request reuses the encoded lines and the suffix
+        cache of its earlier connections."""
+        key = (client_ip, listen_port, proto, cert_lines)
         peer = _PEERS.get(key)
         if peer is None:
             if len(_PEERS) >= _PEER_CACHE_MAX:
                 _PEERS.clear()
-            peer = _PEERS[key] = cls(client_ip, listen_port, proto)
+            peer = _PEERS[key] = cls(client_ip, listen_port, proto, cert_lines)
         return peer
 
     def suffix(self, policy: RequestPolicy, host: bytes | None, xff: bytes | None, forwarded: bytes | None) -> bytes:
@@ -217,7 +228,7 @@ class Peer:
 
 _SUFFIX_CACHE_MAX = 16
 _PEER_CACHE_MAX = 4096  # distinct (client, port) pairs remembered; cleared whole when full
-_PEERS: dict[tuple[str, int, bytes], Peer] = {}
+_PEERS: dict[tuple[str, int, bytes, bytes], Peer] = {}
 
 
 class RequestHead(NamedTuple):
@@ -322,7 +333,7 @@ def rewrite_request(
             out = out[:4] + [
                 part
                 for name, value in headers
-                if kinds.get(name) in (_PASS, _HOST) and normalise(name) not in nominated
+                if policy.kind(name) in (_PASS, _HOST) and normalise(name) not in nominated
                 for part in (name, b": ", value, b"\r\n")
             ]
     chunked = te is not None

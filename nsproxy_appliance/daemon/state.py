@@ -28,10 +28,11 @@ class TenantSlot:
 
     __slots__ = ("ctx", "factory", "listeners")
 
-    def __init__(self, ctx: TenantContext, factory: listeners.ProtocolFactory) -> None:
+    def __init__(self, ctx: TenantContext, factory: listeners.FactoryFor) -> None:
         self.ctx = ctx
         self.factory = factory
         self.listeners = listeners.TenantListeners()
+        self.listeners.context = ctx  # a TLS listener counts handshakes against the tenant's limits
 
 
 @dataclass

@@ -17,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import logging
 import socket
-from collections.abc import Callable
+import ssl
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Protocol, cast
 
 import httptools
@@ -30,14 +32,22 @@ from .fdbudget import FdBudget
 from .flow_control import HIGH_WATER, LOW_WATER, PEER_BACKPRESSURE, ReadGate
 from .lazytimer import LazyTimer
 from .response_head import ResponseHead
+from .tls import OFFERED_SESSION, client_context, describe_upstream_error, upstream_error_reason
 
 if TYPE_CHECKING:
     from .context import TenantContext
+
+log = logging.getLogger("nsproxyd")
 
 MAX_IDLE_PER_POOL = 128  # idle keep-alive connections kept per tenant
 POOL_IDLE_TIMEOUT = 30.0  # seconds an idle pooled connection is kept (below common upstream keepalive)
 MAX_RESPONSE_HEAD = 64 * 1024  # bytes; a longer response head is a bad response
 UPSTREAM_RCVBUF = 256 * 1024  # bytes asked for (the kernel doubles it) per upstream connection
+
+# Where a `from: tenant` connection gets its unconnected socket, made in the tenant's namespace:
+# nsproxyd sets the socket broker's reserve (daemon/brokered.py) and never enters a namespace itself.
+# None (in-process harnesses running as root): made here with netns.socket_in.
+tenant_sockets: Callable[[str, int], Awaitable[socket.socket]] | None = None
 
 
 class UpstreamSink(Protocol):
@@ -232,6 +242,8 @@ class UpstreamConnection(LazyTimer):
                 self._reset_parser = False
                 self.parser = httptools.HttpResponseParser(self)
             self.served += 1
+            if self.served == 1 and self.pool.upstream.tls is not None:
+                self.pool.keep_session(self)  # after a response: a TLS 1.3 ticket has arrived by now
             self.sink = None
             sink.upstream_done(self._keep_alive and not extra, self._body_bytes)
             return
@@ -385,6 +397,11 @@ class UpstreamPool:
         self.idle: list[UpstreamConnection] = []
         self.opened = 0  # connections opened over the pool's life (tests and /metrics)
         self.closed = False
+        # https upstreams (tls.py): the shared context, the session offered to the next handshake,
+        # and why the last connection failed in TLS (for /tenants; None since a success)
+        self.tls_context: ssl.SSLContext | None = None
+        self.tls_session: ssl.SSLSession | None = None
+        self.tls_error: str | None = None
 
     def acquire(self) -> UpstreamConnection | None:
         """An idle connection ready for a request, or None (then call connect())."""
@@ -398,14 +415,56 @@ class UpstreamPool:
         return None
 
     async def connect(self, timeout: float) -> UpstreamConnection:
-        """A new connection; raises TimeoutError or OSError."""
-        async with asyncio.timeout(timeout):
-            _, conn = await self._open(lambda: UpstreamConnection(self))
+        """A new connection; raises TimeoutError or OSError (ssl.SSLError and tls.TlsSetupError
+        among them: an https upstream that fails verification or cannot be set up)."""
+        tls = self.upstream.tls
+        # the session this pool's handshake offers (tls.ResumingContext reads it in this task's context)
+        token = OFFERED_SESSION.set(self.tls_session) if tls is not None else None
+        try:
+            async with asyncio.timeout(timeout):
+                _, conn = await self._open(lambda: UpstreamConnection(self))
+        except OSError as e:
+            if tls is not None:
+                self._tls_failed(e)
+            raise
+        finally:
+            if token is not None:
+                OFFERED_SESSION.reset(token)
+        if tls is not None:
+            self.tls_error = None
         self.opened += 1
         return conn
 
+    def _tls_context(self) -> tuple[ssl.SSLContext | None, str | None]:
+        """(context, server name) for an https upstream; (None, None) for plain ones."""
+        tls = self.upstream.tls
+        if tls is None:
+            return None, None
+        ctx = self.tls_context
+        if ctx is None:
+            ctx = self.tls_context = client_context(tls)  # raises TlsSetupError
+        return ctx, tls.server_hostname or self.upstream.host
+
+    def _tls_failed(self, exc: OSError) -> None:
+        """Remember (for /tenants) and log why an https connection failed, once per distinct reason."""
+        if upstream_error_reason(exc) is None:
+            return
+        why = describe_upstream_error(exc)
+        if why != self.tls_error:
+            log.warning("upstream %s: TLS failed: %s", self.upstream.describe(), why)
+        self.tls_error = why
+
+    def keep_session(self, conn: UpstreamConnection) -> None:
+        """Keep `conn`'s TLS session for the next connection's handshake (resumption)."""
+        transport = conn.transport
+        sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
+        if sslobj is not None:
+            session = sslobj.session
+            if session is not None:
+                self.tls_session = session
+
     async def _open(self, make: Callable[[], UpstreamConnection]) -> tuple[asyncio.BaseTransport, UpstreamConnection]:
-        # The seam for HTTPS upstreams: pass ssl=/server_hostname= to the create_* calls here.
+        # https upstreams: ssl= and server_hostname= (None for plain ones) from _tls_context().
         # The protocol classes do not subclass asyncio.Protocol (the loop only calls their methods;
         # a compiled native class cannot have a Python base), hence the cast for the type checker.
         factory = cast(Callable[[], asyncio.Protocol], make)
@@ -415,7 +474,11 @@ class UpstreamPool:
             transport, conn = await loop.create_unix_connection(factory, up.path)
             return transport, cast(UpstreamConnection, conn)
         if up.from_ns == "tenant" and self.netns_path is not None:
-            sock = netns.socket_in(self.netns_path, _family_of(up.host))
+            source = tenant_sockets
+            if source is None:
+                sock = netns.socket_in(self.netns_path, _family_of(up.host))
+            else:
+                sock = await source(self.netns_path, _family_of(up.host))
             try:
                 sock.setblocking(False)
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -423,9 +486,17 @@ class UpstreamPool:
             except BaseException:
                 sock.close()
                 raise
-            transport, conn = await loop.create_connection(factory, sock=sock)
+            tls, hostname = self._tls_context()
+            if tls is None:
+                transport, conn = await loop.create_connection(factory, sock=sock)
+            else:
+                transport, conn = await loop.create_connection(factory, sock=sock, ssl=tls, server_hostname=hostname)
             return transport, cast(UpstreamConnection, conn)
-        transport, conn = await loop.create_connection(factory, up.host, up.port)
+        tls, hostname = self._tls_context()
+        if tls is None:
+            transport, conn = await loop.create_connection(factory, up.host, up.port)
+        else:
+            transport, conn = await loop.create_connection(factory, up.host, up.port, ssl=tls, server_hostname=hostname)
         return transport, cast(UpstreamConnection, conn)
 
     def release(self, conn: UpstreamConnection, reusable: bool) -> None:

@@ -8,7 +8,9 @@ Each error reads `FILE:LINE:COL: $.json.path: message` (ManifestError.as_dicts()
 JSON objects). Steps: YAML with positions and duplicate keys (yamlsource), JSON Schema with human
 messages (validation), then the checks a schema cannot express and the model (build). Any input
 gives a Manifest or ManifestError, never another exception: sizes are bounded (bounds.py). No
-kernel, no root: usable in GitOps CI.
+kernel, no root: usable in GitOps CI. `check_files=True` (plan and apply) also checks the TLS files
+the manifest names (tlsfiles.py); what does not make it invalid (a certificate expiring soon) is in
+Manifest.warnings, in the same format.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Iterator
 from typing import BinaryIO
 
 from ..model import Manifest
-from . import build, validation
+from . import build, tlsfiles, validation
 from .bounds import MAX_BYTES, MAX_DEPTH, MAX_NODES
 from .problems import ManifestError, Problem, format_path
 from .yamlsource import YamlError
@@ -45,18 +47,19 @@ __all__ = [
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
-def load(path: str | os.PathLike[str]) -> Manifest:
-    """Read and validate the manifest at `path` (at most MAX_BYTES, UTF-8)."""
+def load(path: str | os.PathLike[str], *, check_files: bool = False) -> Manifest:
+    """Read and validate the manifest at `path` (at most MAX_BYTES, UTF-8); `check_files`: also the
+    TLS files it names (plan and apply do, `nsproxy validate` does not)."""
     path = os.fspath(path)
     try:
         f = open(path, "rb")  # noqa: SIM115  # closed below; open's errors are told apart from read's
     except OSError as e:
         raise ManifestError(path, [Problem(1, 1, (), f"cannot read the manifest: {e.strerror or e}")]) from None
     with f:
-        return read(f, path)
+        return read(f, path, check_files=check_files)
 
 
-def read(stream: BinaryIO, filename: str) -> Manifest:
+def read(stream: BinaryIO, filename: str, *, check_files: bool = False) -> Manifest:
     """Read and validate a manifest from a binary stream (standard input: `nsproxy validate -`);
     `filename` names it in errors, e.g. "<stdin>"."""
     try:
@@ -65,7 +68,7 @@ def read(stream: BinaryIO, filename: str) -> Manifest:
         raise ManifestError(filename, [Problem(1, 1, (), f"cannot read the manifest: {e.strerror or e}")]) from None
     if len(data) > MAX_BYTES:
         raise ManifestError(filename, [Problem(1, 1, (), f"the manifest is larger than {_mib(MAX_BYTES)}")])
-    return parse(_decode(filename, data), filename)
+    return parse(_decode(filename, data), filename, check_files=check_files)
 
 
 def _decode(path: str, data: bytes) -> str:
@@ -86,7 +89,7 @@ def _mib(size: int) -> str:
     return f"{size // (1024 * 1024)} MiB"
 
 
-def parse(text: str, filename: str = "<memory>") -> Manifest:
+def parse(text: str, filename: str = "<memory>", *, check_files: bool = False) -> Manifest:
     """Validate manifest `text`; `filename` is used in error messages and as Manifest.source.
 
     Raises ManifestError, and nothing else, for any text.
@@ -95,7 +98,7 @@ def parse(text: str, filename: str = "<memory>") -> Manifest:
         raise ManifestError(filename, [Problem(1, 1, (), f"the manifest is larger than {_mib(MAX_BYTES)}")])
     try:
         with _gc_paused():
-            return _parse(text, filename)
+            return _parse(text, filename, check_files)
     except ManifestError:
         raise
     except Exception as e:  # a bug in nsproxy: still an error message, never a traceback
@@ -116,15 +119,17 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _parse(text: str, filename: str) -> Manifest:
+def _parse(text: str, filename: str, check_files: bool) -> Manifest:
     try:
         source, problems = _load_yaml(text)
     except YamlError as e:
         raise ManifestError(filename, e.problems) from None
     schema_problems = validation.validate(source)
-    builder = build.Builder(source, schema_problems)
+    builder = build.Builder(source, schema_problems, tlsfiles.FileChecker() if check_files else None)
     manifest = builder.build()
     problems += schema_problems + builder.problems
     if problems or manifest is None:
         raise ManifestError(filename, problems or [Problem(1, 1, (), "invalid manifest")])
-    return dataclasses.replace(manifest, source=filename)
+    # ManifestError orders and formats problems: warnings are formatted the same way
+    warnings = ManifestError(filename, builder.warnings).errors if builder.warnings else []
+    return dataclasses.replace(manifest, source=filename, warnings=tuple(warnings))

@@ -14,9 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from ..model import DaemonSettings, Limits, Link, Listen, Manifest, NetnsRef, Tenant, Upstream
+from ..model import DaemonSettings, Limits, Link, Listen, Manifest, NetnsRef, Tenant, TenantTls, Upstream
 from . import fields
 from .problems import JsonPath, Problem
+from .tls import TlsReader
+from .tlsfiles import FileChecker
 from .yamlsource import Source
 
 T = TypeVar("T")
@@ -40,14 +42,17 @@ class _Draft:
     tenant_id: str | None = None
     tenant_header: str | None = None
     limits: Limits | None = None
+    tls: TenantTls | None = None
     complete: bool = True
 
 
 class Builder:
-    def __init__(self, source: Source, schema_problems: list[Problem]):
+    def __init__(self, source: Source, schema_problems: list[Problem], files: FileChecker | None = None):
         self.source = source
         self.data = source.data
         self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []  # what does not make the manifest invalid (a certificate expiring soon)
+        self.tls = TlsReader(self, files)  # with `files`, the TLS files the manifest names are checked too
         self._bad_paths = {p.path for p in schema_problems}
         self._bad_prefixes = {p.path[:i] for p in schema_problems for i in range(len(p.path) + 1)}
 
@@ -55,6 +60,10 @@ class Builder:
     def error(self, path: JsonPath, message: str) -> None:
         line, column = self.source.position(path)
         self.problems.append(Problem(line, column, path, message))
+
+    def warning(self, path: JsonPath, message: str) -> None:
+        line, column = self.source.position(path)
+        self.warnings.append(Problem(line, column, path, message))
 
     def rejected(self, path: JsonPath) -> bool:
         """True when the schema reported an error at `path` or below it."""
@@ -75,6 +84,7 @@ class Builder:
         default_header, header_known = self._default_header(defaults)
         default_upstream, upstream_known = self._default_upstream(defaults)
         default_limits = self._limits(("defaults", "limits"), defaults.get("limits"), Limits())
+        default_tls = self.tls.settings(("defaults", "tls"), defaults.get("tls"), TenantTls())
         daemon = self._daemon(data.get("daemon"))
 
         drafts: list[_Draft] = []
@@ -85,12 +95,16 @@ class Builder:
                     drafts.append(
                         self._tenant(i, raw, default_header, default_upstream, upstream_known, default_limits)
                     )
+                    drafts[-1].tls = self.tls.settings(("tenants", i, "tls"), raw.get("tls"), default_tls)
+                    drafts[-1].complete &= drafts[-1].tls is not None
+                    self._check_cert_headers(drafts[-1], raw)
         self._check_names(drafts)
         self._check_netns_owners(drafts)
         self._check_listen_on_links(drafts)
         self._check_collisions(drafts)
 
-        if self.problems or self._bad_paths or not header_known or default_limits is None or daemon is None:
+        bad_defaults = default_limits is None or default_tls is None
+        if self.problems or self._bad_paths or not header_known or bad_defaults or daemon is None:
             return None
         return Manifest(
             version=data["version"],
@@ -134,6 +148,8 @@ class Builder:
             values["drain_timeout"] = self.parse(
                 ("daemon", "drain_timeout"), raw["drain_timeout"], fields.seconds, "drain_timeout"
             )
+        if "log_format" in raw:  # the schema's enum checked it (else the daemon section is rejected)
+            values["log_format"] = str(raw["log_format"])
         if any(v is None for v in values.values()):
             return None
         return DaemonSettings(**values)
@@ -162,7 +178,11 @@ class Builder:
         if isinstance(raw, str):
             return self.parse(path, raw, fields.upstream_url)
         if isinstance(raw, dict) and "url" in raw:
-            return self.parse((*path, "url"), raw["url"], fields.upstream_url, raw.get("from", "host"))
+            upstream = self.parse((*path, "url"), raw["url"], fields.upstream_url, raw.get("from", "host"))
+            if upstream is None or "tls" not in raw:
+                return upstream
+            tls = self.tls.upstream_tls((*path, "tls"), raw["tls"], upstream)
+            return dataclasses.replace(upstream, tls=tls) if tls is not None else None
         if isinstance(raw, dict) and "unix" in raw:
             return self.parse((*path, "unix"), raw["unix"], fields.unix_socket)
         return None
@@ -207,9 +227,9 @@ class Builder:
 
         for j, value in enumerate(raw["listen"] if isinstance(raw.get("listen"), list) else []):
             item = (*base, "listen", j)
-            listen = None if self.rejected(item) else self.parse(item, value, fields.listen)
+            listen = None if self.rejected(item) else self._listener(item, value)
             if listen is not None:
-                d.listen.append((item, listen))
+                d.listen.append(listen)
             else:
                 d.complete = False
 
@@ -244,6 +264,41 @@ class Builder:
         if None in (d.name, d.netns, d.upstream, d.tenant_id, d.tenant_header, d.limits) or not d.links_complete:
             d.complete = False
         return d
+
+    def _listener(self, path: JsonPath, raw: Any) -> tuple[JsonPath, Listen] | None:
+        """A listen item (an address, or {address, tls}) and the path of its address (for messages)."""
+        if isinstance(raw, str):
+            listen = self.parse(path, raw, fields.listen)
+            return (path, listen) if listen is not None else None
+        if not isinstance(raw, dict):
+            return None
+        address_path = (*path, "address")
+        listen = self.parse(address_path, raw.get("address"), fields.listen)
+        tls = self.tls.listen_tls((*path, "tls"), raw.get("tls"))
+        if listen is None or tls is None:
+            return None
+        return address_path, dataclasses.replace(listen, tls=tls)
+
+    def _check_cert_headers(self, d: _Draft, raw: dict[str, Any]) -> None:
+        """The tenant header cannot be one of the client certificate headers nsproxy also sets."""
+        if d.tls is None or d.tenant_header is None:
+            return
+        norm = d.tenant_header.lower().replace("_", "-")
+        for key, header in (("subject", d.tls.subject_header), ("fingerprint", d.tls.fingerprint_header)):
+            if header.lower().replace("_", "-") == norm:
+                headers = raw.get("tls", {}).get("client_cert_headers", {}) if isinstance(raw.get("tls"), dict) else {}
+                if "tenant_header" in raw:
+                    where: JsonPath = ("tenants", d.index, "tenant_header")
+                elif isinstance(headers, dict) and key in headers:
+                    where = ("tenants", d.index, "tls", "client_cert_headers", key)
+                else:
+                    where = ("tenants", d.index)
+                self.error(
+                    where,
+                    f"tenant header {d.tenant_header} is also a client certificate header (tls.client_cert_headers); "
+                    "give them different names",
+                )
+                d.complete = False
 
     def _links(self, d: _Draft, base: JsonPath, raw_links: list[Any]) -> None:
         seen: dict[str, JsonPath] = {}
@@ -295,6 +350,7 @@ class Builder:
             tenant_header=d.tenant_header,
             links=tuple(link for _, link in d.links),
             limits=d.limits,
+            tls=d.tls or TenantTls(),
         )
 
     # -- checks across tenants -------------------------------------------------------------

@@ -12,7 +12,7 @@ import math
 import re
 from urllib.parse import urlsplit
 
-from ..model import IFNAMSIZ_MAX, Listen, Upstream
+from ..model import IFNAMSIZ_MAX, Listen, Upstream, UpstreamTls
 
 DEFAULT_TENANT_HEADER = "X-Tenant-ID"
 NETNS_NAME_MAX = 64
@@ -162,16 +162,19 @@ def port(text: str, where: str) -> int:
 
 
 def upstream_url(value: str, from_ns: str = "host") -> Upstream:
-    """http://HOST[:PORT][/] → Upstream(kind="http"); HOST must be an IP literal when from_ns is tenant."""
+    """http(s)://HOST[:PORT][/] → Upstream(kind="http"), with tls for https (verified against the
+    system's trust store until the builder says otherwise); HOST must be an IP literal when from_ns
+    is tenant."""
     url = value.strip()
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme == "https":
-        raise FieldError(f"upstream {value!r}: https upstreams are not supported yet; use http:// (or a unix socket)")
-    if scheme != "http" or not url.startswith("http://"):
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme.lower() in ("http", "https") and scheme not in ("http", "https"):
+        raise FieldError(f"upstream {value!r}: write the scheme in lowercase, {scheme.lower()}://")
+    if scheme not in ("http", "https"):
         raise FieldError(
-            f"upstream {value!r} is not an http URL: expected http://HOST[:PORT], e.g. http://127.0.0.1:9000"
+            f"upstream {value!r} is not an http or https URL: expected http://HOST[:PORT] or https://HOST[:PORT], "
+            "e.g. http://127.0.0.1:9000"
         )
-    netloc = url[len("http://") :].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    netloc = url[len(scheme) + 3 :].split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
     if netloc.count(":") > 1 and "[" not in netloc:
         raise FieldError(f"upstream {value!r}: put an IPv6 address in brackets, e.g. http://[::1]:9000")
     try:
@@ -180,17 +183,17 @@ def upstream_url(value: str, from_ns: str = "host") -> Upstream:
     except ValueError:
         text = netloc.rsplit("]", 1)[-1].rsplit(":", 1)[-1]
         port(text, f"upstream {value!r}")  # raises with the reason
-        raise FieldError(f"invalid upstream URL {value!r}: expected http://HOST[:PORT]") from None
+        raise FieldError(f"invalid upstream URL {value!r}: expected {scheme}://HOST[:PORT]") from None
     if parts.username is not None or parts.password is not None:
         raise FieldError(f"upstream {value!r}: credentials in the URL are not supported")
     if parts.path not in ("", "/") or parts.query or parts.fragment:
         raise FieldError(
             f"upstream {value!r}: a path, query or fragment is not supported; requests keep their own path, "
-            "expected http://HOST[:PORT]"
+            f"expected {scheme}://HOST[:PORT]"
         )
     host = parts.hostname or ""
     if not host:
-        raise FieldError(f"upstream {value!r} has no host: expected http://HOST[:PORT]")
+        raise FieldError(f"upstream {value!r} has no host: expected {scheme}://HOST[:PORT]")
     if port_number == 0:
         raise FieldError(f"upstream {value!r}: port 0 is out of range; expected 1-65535")
     bracketed = parts.netloc.rsplit("@", 1)[-1].startswith("[")
@@ -213,9 +216,10 @@ def upstream_url(value: str, from_ns: str = "host") -> Upstream:
     return Upstream(
         kind="http",
         host=str(ip) if ip is not None else host,
-        port=port_number or 80,
+        port=port_number or (443 if scheme == "https" else 80),
         from_ns="tenant" if from_ns == "tenant" else "host",
         url=url,
+        tls=UpstreamTls() if scheme == "https" else None,
     )
 
 
@@ -242,6 +246,37 @@ def tenant_header(value: str) -> str:
             f"tenant header {value!r} is a header the proxy manages itself; choose another name, e.g. X-Tenant-ID"
         )
     return value
+
+
+# What a client certificate header cannot be named: the headers above, and those nsproxy sets itself.
+MANAGED_BY_NSPROXY = RESERVED_HEADERS | {"x-real-ip", "x-request-id"}
+
+
+def header_name(value: str, what: str = "header name") -> str:
+    """An HTTP header name nsproxy may set (not one it manages itself), e.g. a client certificate header."""
+    if not value:
+        raise FieldError(f"{what} is empty: expected an HTTP header name")
+    if not _TOKEN.fullmatch(value):
+        bad = next(c for c in value if not _TOKEN.fullmatch(c))
+        raise FieldError(
+            f"invalid {what} {value!r}: {_describe_char(bad)} is not allowed in a header name "
+            "(RFC 9110 token: letters, digits and !#$%&'*+-.^_`|~)"
+        )
+    if value.lower().replace("_", "-") in MANAGED_BY_NSPROXY:
+        raise FieldError(f"{what} {value!r} is a header the proxy manages itself; choose another name")
+    return value
+
+
+def dns_name(value: str, what: str = "name") -> str:
+    """A host name (lowercased, without a final dot); a leading '*.' matches one label."""
+    name = value.lower().rstrip(".")
+    bare = name[2:] if name.startswith("*.") else name
+    if not bare or not _is_hostname(bare) or "*" in bare:
+        raise FieldError(
+            f"invalid {what} {value!r}: expected a host name such as api.example.com "
+            "(or *.example.com for any one label)"
+        )
+    return name
 
 
 def tenant_id(value: str) -> str:

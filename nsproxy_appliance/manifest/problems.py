@@ -7,6 +7,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..errors import NsproxyError
+
 JsonPath = tuple[str | int, ...]
 MAX_MESSAGE_CHARS = 1000  # a message quoting a huge value would be unreadable
 # What would break an error line (str.splitlines() splits on some of these) or a terminal.
@@ -59,7 +61,7 @@ class Problem:
         return self if message == self.message else replace(self, message=message)
 
 
-class ManifestError(ValueError):
+class ManifestError(NsproxyError, ValueError):
     """The manifest is invalid. `.errors` holds every error as 'FILE:LINE:COL: $.path: message';
     `.as_dicts()` the same errors, in the same order, as JSON objects."""
 

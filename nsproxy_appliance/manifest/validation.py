@@ -34,15 +34,18 @@ _EXPLAINERS: dict[str, Callable[[str], object]] = {
     "upstream_url": fields.upstream_url,
     "tenant_header": fields.tenant_header,
     "tenant_id": fields.tenant_id,
+    "header_name": fields.header_name,
+    "dns_name": fields.dns_name,
 }
 
 # What a oneOf expects, when the value fits none of its forms.
 _EXPECTED_FORMS = {
     "upstream": (
-        'expected an upstream: a URL string "http://HOST:PORT", {url: "http://HOST:PORT", from: host|tenant}, '
-        "or {unix: /path/to.sock}"
+        'expected an upstream: a URL string "http(s)://HOST:PORT", {url: "http(s)://HOST:PORT", from: host|tenant, '
+        "tls: {...}}, or {unix: /path/to.sock}"
     ),
     "netns": "expected a netns name (a string such as acme-prod) or {path: /absolute/path/of/the/netns}",
+    "listener": 'expected a listen address "IPv4:PORT" / "[IPv6]:PORT", or {address: "IPv4:PORT", tls: {...}}',
     "access_log": 'expected "stdout", "off" or an absolute file path',
 }
 
@@ -116,7 +119,7 @@ def _humanise(error: ValidationError, source: Source) -> Iterator[Problem]:
         else:
             yield at(f"expected {error.validator_value!r}, got {_describe(instance)}")
     elif kind == "enum":
-        choices = ", ".join(str(v) for v in error.validator_value)
+        choices = ", ".join(dict.fromkeys(str(v) for v in error.validator_value))  # min_version: "1.3" and 1.3
         yield at(f"expected one of: {choices}; got {_describe(instance)}")
     elif kind in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum"):
         op = {"minimum": ">=", "exclusiveMinimum": ">", "maximum": "<=", "exclusiveMaximum": "<"}[kind]

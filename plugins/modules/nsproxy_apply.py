@@ -375,6 +375,8 @@ def run(module: AnsibleModule) -> None:
     for c in result["conflicts"]:
         # Objects nsproxy does not own are never touched; the user has to resolve these.
         module.warn(f"conflict: tenant {c.get('tenant')}: {c.get('target')}: {c.get('reason')}")
+    for warning in report.get("warnings") or []:  # e.g. a TLS certificate that expires within 14 days
+        module.warn(str(warning))
     if check:
         changed = rc == EXIT_PENDING or bool(report.get("changed")) or report.get("in_sync") is False
     else:

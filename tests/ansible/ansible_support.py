@@ -142,6 +142,10 @@ class Fleet:
             "nsproxy_config_dir": str(root / "etc"),
             "nsproxy_state_dir": str(h.state_dir),
             "nsproxy_runtime_dir": str(h.runtime_dir),
+            # The daemon stays root here: these hosts live in pytest's root-only tmp dirs, which its own
+            # user could not reach (tests/integration/test_broker_systemd.py runs the role with it).
+            "nsproxy_user": "",
+            "nsproxy_logrotate_path": str(root / "etc" / "logrotate.d" / "nsproxy"),  # never the machine's /etc
             # This machine has no systemd as PID 1: "none" is what "auto" picks here, without the
             # fact gathering (the converge test keeps "auto" to cover that path).
             "nsproxy_service_manager": "none",
@@ -177,7 +181,13 @@ class Fleet:
 
 
 def stop_daemon(pidfile: Path, timeout: float = 10.0) -> None:
-    """SIGTERM the daemon a test's applier launched (its pidfile), SIGKILL if it lingers."""
+    """SIGTERM the daemon a test's applier launched (its pidfile), then the socket broker it started
+    (its pidfile next to the daemon's); SIGKILL what lingers."""
+    _stop_by_pidfile(pidfile, timeout)
+    _stop_by_pidfile(pidfile.parent / "nsproxy-broker.pid", timeout)
+
+
+def _stop_by_pidfile(pidfile: Path, timeout: float) -> None:
     try:
         pid = int(pidfile.read_text().strip())
     except (OSError, ValueError):

@@ -6,6 +6,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -49,13 +50,16 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def role_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
+def role_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Iterator[Path]:
     """A virtualenv on the "target" installed once by the role's own install path, from the wheel
     (dependencies from the package index, pinned by constraints.txt). Tests then share it, as
-    hosts with a pre-provisioned venv (nsproxy_install: false) would."""
+    hosts with a pre-provisioned venv (nsproxy_install: false) would. It lives in a directory the
+    daemon's own user can read (pytest's tmp dirs are root's only), as /opt/nsproxy would be."""
     _require_root()
     tmp = tmp_path_factory.mktemp("install")
-    venv = tmp / "venv"
+    readable = Path(tempfile.mkdtemp(prefix="nsproxy-role-venv-", dir="/tmp"))
+    readable.chmod(0o755)
+    venv = readable / "venv"
     inventory = tmp / "inventory.yml"
     inventory.write_text(
         yaml.safe_dump(
@@ -80,7 +84,8 @@ def role_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Path:
     assert run.recap["installer"]["changed"] > 0, run.output
     assert (venv / "bin" / "nsproxy-apply").exists()
     assert (venv / "bin" / "nsproxyd").exists()
-    return venv
+    yield venv
+    shutil.rmtree(readable, ignore_errors=True)
 
 
 @pytest.fixture

@@ -53,6 +53,14 @@ def test_access_log_to_a_file(daemon_launcher, make_netns, unique, echo, tmp_pat
         assert rec["time"].endswith("Z")
 
 
+def _text(path: str) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        return ""
+
+
 def test_access_log_to_stdout_and_off(daemon_launcher, make_netns, unique, echo):
     paths = daemon_launcher
     ns = unique("a")
@@ -60,18 +68,20 @@ def test_access_log_to_stdout_and_off(daemon_launcher, make_netns, unique, echo)
     gen = write_config(paths, [tenant("acme", ns, 8080, echo)], access_log="stdout")
     daemon_control.ensure_daemon(paths, gen, timeout=20)
     assert get_in(path, "127.0.0.1", 8080, "/to-stdout").status == 200
-    # Detached, the daemon's stdout is the log file.
-    records = wait_until(lambda: _json_lines(log_text(paths)), what="access log line on stdout")
+    # Detached, the daemon's stdout is the access log file in the state dir, not its own log.
+    records = wait_until(lambda: _json_lines(_text(paths.access_log_file)), what="access log line on stdout")
     assert [r["path"] for r in records] == ["/to-stdout"]
+    assert "serving generation=" in log_text(paths)
+    assert _json_lines(log_text(paths)) == []
 
     daemon_control.stop(paths, timeout=15)
-    os.unlink(paths.log_file)
+    os.unlink(paths.access_log_file)
     gen = write_config(paths, [tenant("acme", ns, 8080, echo)], access_log="off")
     daemon_control.ensure_daemon(paths, gen, timeout=20)
     assert get_in(path, "127.0.0.1", 8080, "/silent").status == 200
     daemon_control.stop(paths, timeout=15)  # flushes anything buffered before exiting
+    assert _text(paths.access_log_file) == ""
     assert _json_lines(log_text(paths)) == []
-    assert "serving generation" in log_text(paths)
 
 
 def test_sigusr1_reopens_the_access_log(daemon_launcher, make_netns, unique, echo, tmp_path):

@@ -61,7 +61,8 @@ def test_launched_unchanged_reloaded(daemon_launcher, make_netns, unique, echo):
 
 
 def test_launch_failure_reports_the_reason(daemon_launcher, tmp_path, unique, echo):
-    # A runtime dir so long that the admin socket path exceeds sun_path: the daemon exits at start.
+    # A runtime dir so long that the socket paths exceed sun_path: the socket broker (started first)
+    # exits at start, with the reason.
     long_runtime = str(tmp_path / ("r" * 110))
     paths = Paths(state_dir=daemon_launcher.state_dir, runtime_dir=long_runtime)
     gen = write_config(paths, [tenant("acme", unique("x"), 8080, echo)])
@@ -69,7 +70,7 @@ def test_launch_failure_reports_the_reason(daemon_launcher, tmp_path, unique, ec
         daemon_control.ensure_daemon(paths, gen, timeout=20)
     message = str(err.value)
     assert "exited with status 1" in message
-    assert "cannot listen for the admin API" in message
+    assert "path too long" in message
 
 
 def test_bad_config_at_launch(daemon_launcher):

@@ -21,7 +21,6 @@ from daemon_harness import (
     get_in,
     log_text,
     read_response,
-    refused_in,
     tenant,
     tenants_by_name,
     wait_until,
@@ -188,8 +187,14 @@ def test_sigterm_drains_in_flight_request_and_exits_0(daemon_launcher, make_netn
         assert got.wait(10), "upstream never saw the request"
 
         os.kill(pid, signal.SIGTERM)
-        # Stops accepting at once, while the in-flight request is still being served.
-        wait_until(lambda: refused_in(path, "127.0.0.1", 8080), what="listener closed after SIGTERM")
+        # Stops accepting at once, while the in-flight request is still being served: a connection
+        # made now waits in the listener's backlog (the socket broker keeps the listener) for the
+        # next daemon instead of being refused.
+        wait_until(lambda: "INFO stopping" in log_text(paths), what="the daemon stopping after SIGTERM")
+        queued = netns.socket_in(path, socket.AF_INET)
+        queued.settimeout(20)
+        queued.connect(("127.0.0.1", 8080))
+        queued.sendall(b"GET /queued HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert child.poll() is None
         release.set()
         resp = read_response(sock)
@@ -199,7 +204,11 @@ def test_sigterm_drains_in_flight_request_and_exits_0(daemon_launcher, make_netn
         assert child.wait(timeout=20) == 0
         assert not os.path.exists(paths.pidfile)
         assert not os.path.exists(paths.admin_socket)
-        assert re.search(r"drained: \d+ connections finished, 0 aborted", log_text(paths))
+        assert re.search(r" INFO drained connections=[1-9]\d* aborted=0$", log_text(paths), re.MULTILINE)
+        assert daemon_control.ensure_daemon(paths, gen, timeout=20) == "launched"  # the next daemon serves it
+        with queued:
+            release.set()
+            assert read_response(queued).status == 200
     finally:
         release.set()
         stop_upstream()

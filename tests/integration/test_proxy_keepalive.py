@@ -147,25 +147,39 @@ def test_idle_keep_alive_connection_is_closed_after_idle_timeout(proxy, upstream
     assert 0.2 < elapsed < 4.5  # closed by the idle timer, not by the 5 s client timeout
 
 
+def _read_to_eof(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
 def test_drain_finishes_the_in_flight_request_then_closes(proxy, upstream):
+    """Draining: a request in flight is answered (Connection: close); a kept-alive idle connection
+    closes at once; one accepted whose first request has not arrived yet gets that request served
+    (its client already sent it, as far as it knows)."""
     ctx, port = proxy.serve(make_tenant("acme", port=upstream.port))
     with (
         socket.create_connection(("127.0.0.1", port), timeout=5) as busy,
         socket.create_connection(("127.0.0.1", port), timeout=5) as idle,
+        socket.create_connection(("127.0.0.1", port), timeout=5) as fresh,
     ):
+        idle.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert idle.recv(65536).startswith(b"HTTP/1.1 200 ")
         busy.sendall(b"GET /sleep/0.3 HTTP/1.1\r\nHost: a\r\n\r\n")
         deadline = time.monotonic() + 5
-        while len(ctx.connections) < 2 or not any(c._active for c in list(ctx.connections)):
+        while len(ctx.connections) < 3 or not any(c._active for c in list(ctx.connections)):
             assert time.monotonic() < deadline
             time.sleep(0.01)
         proxy.call_sync(lambda: [c.begin_drain() for c in list(ctx.connections)])
         assert idle.recv(100) == b""  # the idle connection closed at once
-        data = b""
-        while chunk := busy.recv(65536):
-            data += chunk
+        fresh.sendall(b"GET /echo HTTP/1.1\r\nHost: a\r\n\r\n")
+        [(fresh_status, fresh_headers, _)] = split_responses(_read_to_eof(fresh))
+        data = _read_to_eof(busy)
     [(status, headers, body)] = split_responses(data)
     assert status == 200 and body == b"slept\n"
     assert headers["connection"] == "close"
+    assert fresh_status == 200 and fresh_headers["connection"] == "close"
 
 
 def test_request_on_a_pooled_connection_the_upstream_dropped_is_retried_once(proxy):

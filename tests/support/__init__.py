@@ -9,6 +9,9 @@ The whole API, kept small on purpose:
     split_response(data) -> Response      one HTTP/1.1 response's bytes: status, headers, body
     header_values(pairs, name) -> [str]   a header's values among echoed (name, value) pairs, any spelling
     Response                              .status, .headers (lower-case names), .body, .json()
+
+and, imported by the TLS tests only (it needs cryptography): `support.tlscerts.Pki`, a test CA
+issuing server and client certificates as PEM files.
 """
 
 from __future__ import annotations

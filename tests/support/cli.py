@@ -37,10 +37,21 @@ class CliRun:
         return f"$ {' '.join(self.argv)}\n-> exit {self.returncode}\nstdout:\n{self.stdout}\nstderr:\n{self.stderr}"
 
 
-def run_cli(name: str, *args: str, timeout: float = CLI_TIMEOUT, check_traceback: bool = True) -> CliRun:
-    """Run entry point `name` with `args`; a traceback on stderr fails the test (errors must be clear)."""
+def run_cli(
+    name: str, *args: str, timeout: float = CLI_TIMEOUT, check_traceback: bool = True, stdin: str | None = None
+) -> CliRun:
+    """Run entry point `name` with `args` (and `stdin` on its standard input, else /dev/null); a
+    traceback on stderr fails the test (errors must be clear)."""
     argv = [program(name), *args]
-    out = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+    out = subprocess.run(
+        argv,
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
     run = CliRun(argv, out.returncode, out.stdout, out.stderr)
     if check_traceback:
         assert "Traceback" not in out.stderr, str(run)

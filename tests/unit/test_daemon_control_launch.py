@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from nsproxy_appliance import daemon_control
+from nsproxy_appliance import broker_control, daemon_control
 from nsproxy_appliance.runtime_config import Paths
 
 
@@ -32,6 +32,9 @@ def systemd(monkeypatch):
         fake = FakeSystemd(exec_start)
         monkeypatch.setattr(daemon_control, "systemd_is_init", lambda: True)
         monkeypatch.setattr(daemon_control.subprocess, "run", fake.run)
+        # no broker runs here: the transient broker unit "answers" as soon as it is started
+        monkeypatch.setattr(broker_control, "answers", lambda paths: any(c[0] == "systemd-run" for c in fake.commands))
+        monkeypatch.delenv(broker_control.ENV_DAEMON_USER, raising=False)
         return fake
 
     return make
@@ -54,8 +57,13 @@ def test_without_installed_unit_a_transient_one_runs_the_same_python(systemd, tm
     assert cmd[:3] == ["systemd-run", "--unit", unit]
     assert "--collect" in cmd
     tail = cmd[cmd.index(daemon_control.sys.executable) :]
-    assert tail == daemon_control.daemon_argv(paths)
-    assert ["--config", paths.config] == tail[3:5] and tail[5:] == ["--pidfile", paths.pidfile]
+    assert tail == [*daemon_control.daemon_argv(paths), "--broker", paths.broker_socket]
+    assert ["--config", paths.config] == tail[3:5] and tail[5:7] == ["--pidfile", paths.pidfile]
+    # the socket broker first, as its own transient unit, with the same Python
+    (broker,) = [c for c in fake.commands if c[0] == "systemd-run" and "nsproxy_appliance.broker.server" in c]
+    assert broker[:3] == ["systemd-run", "--unit", broker_control.transient_unit(paths)]
+    assert "Type=notify" in broker and daemon_control.sys.executable in broker
+    assert fake.commands.index(broker) < fake.commands.index(cmd)
 
 
 def test_installed_unit_for_another_config_is_not_used(systemd, tmp_path):

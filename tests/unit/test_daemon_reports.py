@@ -101,8 +101,36 @@ def test_which_tenants_a_check_finds_stale(monkeypatch, made_in, at_path, state,
     ident = {"same": NetnsIdentity(4, 1), "other": NetnsIdentity(4, 2), None: None}
     daemon = state_with({"a": state})
     daemon.slots["a"].listeners.identity = ident[made_in]
-    monkeypatch.setattr(nswatch.netns, "is_mounted", lambda path: at_path is not None)
-    monkeypatch.setattr(nswatch.netns, "identity", lambda path: ident[at_path])
+    monkeypatch.setattr(nswatch.netns, "mounted_identity", lambda path, parent_devs=None: ident[at_path])
     watcher = NamespaceWatcher.__new__(NamespaceWatcher)
     watcher.state = daemon
+    watcher._inotify = None  # not watching: every tenant is checked each time
     assert watcher.stale() == ({"a"} if stale else set())
+
+
+def test_while_inotify_watches_named_namespaces_are_swept_in_slices_and_path_ones_every_time(monkeypatch):
+    from nsproxy_appliance.daemon import nswatch
+
+    daemon = state_with({f"n{i}": TenantState.SERVING for i in range(100)})  # named: netns /run/netns/<name>
+    assert all(slot.ctx.tenant.netns.name for slot in daemon.slots.values())
+    checked: list[str] = []
+
+    def mounted_identity(path: str, parent_devs: dict[str, int] | None = None) -> NetnsIdentity:
+        checked.append(path)
+        return NetnsIdentity(4, 1)
+
+    monkeypatch.setattr(nswatch.netns, "mounted_identity", mounted_identity)
+    for slot in daemon.slots.values():
+        slot.listeners.identity = NetnsIdentity(4, 1)
+
+    class Watching:
+        watching = True
+
+    watcher = NamespaceWatcher.__new__(NamespaceWatcher)
+    watcher.state, watcher._inotify, watcher._sweep_at = daemon, Watching(), 0  # type: ignore[assignment]
+    watcher.interval = 0.5
+    ticks = int(nswatch.SWEEP_PERIOD / watcher.interval)
+    for _ in range(ticks):
+        assert watcher.stale() == set()
+    assert len(checked) <= 100 + ticks  # a slice per tick, not every tenant every tick
+    assert {p.rsplit("/", 1)[1] for p in checked} == set(daemon.slots)  # and every one within the period

@@ -195,9 +195,17 @@ def test_listen_needs_at_least_one_address() -> None:
 @pytest.mark.parametrize(
     ("upstream", "where", "fragments"),
     [
-        ("https://10.0.0.1", "7:15: $.tenants[0].upstream", ("https upstreams are not supported yet",)),
-        ("ftp://10.0.0.1", "7:15: $.tenants[0].upstream", ("not an http URL", "http://HOST[:PORT]")),
-        ("{url: 'https://x'}", "7:21: $.tenants[0].upstream.url", ("not supported yet",)),
+        ("HTTPS://10.0.0.1", "7:15: $.tenants[0].upstream", ("write the scheme in lowercase, https://",)),
+        ("ftp://10.0.0.1", "7:15: $.tenants[0].upstream", ("not an http or https URL", "http://HOST[:PORT]")),
+        ("{url: 'https://'}", "7:21: $.tenants[0].upstream.url", ("has no host", "https://HOST[:PORT]")),
+        ("{url: 'http://x', tls: {ca: /ca.pem}}", "7:38: $.tenants[0].upstream.tls", ("https upstreams only",)),
+        ("{url: 'https://x', tls: {cert: /c.pem}}", "7:46: $.tenants[0].upstream.tls.cert", ("cert needs key",)),
+        (
+            "{url: 'https://x', tls: {server_hostname: '*.x'}}",
+            "7:57: $.tenants[0].upstream.tls.server_hostname",
+            ("cannot be a wildcard",),
+        ),
+        ("{url: 'https://x', tls: {ca: ca.pem}}", "7:44: $.tenants[0].upstream.tls.ca", ("not absolute",)),
         ("{url: 'http://x', from: guest}", "7:39: $.tenants[0].upstream.from", ("expected one of: host, tenant",)),
         ("{url: 'http://x', form: tenant}", "7:33: $.tenants[0].upstream.form", ("unknown field 'form'",)),
         ("{unix: run/x.sock}", "7:22: $.tenants[0].upstream.unix", ("not absolute",)),
@@ -648,7 +656,7 @@ def test_all_errors_at_once_sorted_by_line() -> None:
             listen: ["127.0.0.1:80"]
           - name: bad_name
             listen: ["127.0.0.1:80"]
-            upstream: https://example.com
+            upstream: ftp://example.com
         """
     )
     expected = [
@@ -660,7 +668,7 @@ def test_all_errors_at_once_sorted_by_line() -> None:
         ("11:11: $.tenants[1].name", "duplicate tenant name"),
         ("13:5: $.tenants[1].listen", "duplicate key 'listen' (first at line 12)"),
         ("14:11: $.tenants[2].name", "invalid tenant name 'bad_name'"),
-        ("16:15: $.tenants[2].upstream", "https upstreams are not supported yet"),
+        ("16:15: $.tenants[2].upstream", "not an http or https URL"),
     ]
     assert len(found) == len(expected), found
     for error, (where, fragment) in zip(found, expected, strict=True):

@@ -42,13 +42,16 @@ def replaced(data: Any, path: tuple[Any, ...], value: Any) -> Any:
 
 
 BASE = yaml.safe_load((DATA / "issue-example.yaml").read_text())
-CASES = [(p, v) for p in paths(BASE) for v in WRONG_VALUES]
+TLS_BASE = yaml.safe_load((DATA / "tls-example.yaml").read_text())  # every TLS field
+BASES = {"issue": BASE, "tls": TLS_BASE}
 
 
-@pytest.mark.parametrize("path", sorted({p for p, _ in CASES}, key=str), ids=str)
-def test_every_wrong_value_is_reported_cleanly(path: tuple[Any, ...]) -> None:
+@pytest.mark.parametrize(
+    ("base", "path"), sorted({(name, p) for name, data in BASES.items() for p in paths(data)}, key=str), ids=str
+)
+def test_every_wrong_value_is_reported_cleanly(base: str, path: tuple[Any, ...]) -> None:
     for value in WRONG_VALUES:
-        text = yaml.safe_dump(replaced(BASE, path, value), sort_keys=False)
+        text = yaml.safe_dump(replaced(BASES[base], path, value), sort_keys=False)
         try:
             manifest.parse(text, "t.yaml")
         except ManifestError as e:

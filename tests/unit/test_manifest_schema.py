@@ -16,7 +16,7 @@ import yaml
 
 from nsproxy_appliance import manifest
 from nsproxy_appliance.manifest import fields
-from nsproxy_appliance.model import DaemonSettings, Limits, Link, Tenant, Upstream
+from nsproxy_appliance.model import Certificate, DaemonSettings, Limits, Link, ListenTls, Tenant, TenantTls, Upstream
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_FILE = ROOT / "schemas" / "tenants.schema.json"
@@ -130,6 +130,15 @@ def test_schema_defaults_are_the_model_defaults(schema: dict[str, Any]) -> None:
     assert "default" not in link["mtu"] and _model_default(Link, "mtu") is None  # the kernel's
     upstream_from = defs["upstream"]["oneOf"][1]["properties"]["from"]
     assert upstream_from["default"] == _model_default(Upstream, "from_ns")
+    listen_tls = defs["listen_tls"]["properties"]
+    for name in ("client_auth", "min_version"):
+        assert listen_tls[name]["default"] == _model_default(ListenTls, name), name
+    assert defs["certificate"]["properties"]["names"]["default"] == _model_default(Certificate, "names")
+    tls_settings = defs["tls_settings"]["properties"]
+    assert tls_settings["handshake_timeout"]["default"] == _model_default(TenantTls, "handshake_timeout")
+    headers = defs["client_cert_headers"]["properties"]
+    assert headers["subject"]["default"] == _model_default(TenantTls, "subject_header")
+    assert headers["fingerprint"]["default"] == _model_default(TenantTls, "fingerprint_header")
 
 
 def test_packaged_schema_is_the_same_file(schema: dict[str, Any]) -> None:
@@ -150,7 +159,12 @@ def test_schema_fields_match_the_model(schema: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     "path",
-    ["examples/tenants.yaml", "examples/metadata-vip.yaml", "tests/unit/data/issue-example.yaml"],
+    [
+        "examples/tenants.yaml",
+        "examples/metadata-vip.yaml",
+        "tests/unit/data/issue-example.yaml",
+        "tests/unit/data/tls-example.yaml",
+    ],
 )
 def test_schema_accepts_the_examples(schema: dict[str, Any], path: str) -> None:
     data = yaml.safe_load((ROOT / path).read_text())
@@ -171,6 +185,11 @@ PATTERN_SAMPLES = {
     "netns_name": (fields.netns_name, ["a", "acme-prod", ".", "..", "...", "a/b", "a b", "a" * 64, "a" * 65, ""]),
     "listen": (fields.listen, ["127.0.0.1:80", "[::1]:80", "[fd00::1]:65535"]),
     "cidr": (fields.cidr, ["10.0.0.5/24", "fd00::1/128", "0.0.0.0/0"]),
+    "dns_name": (
+        fields.dns_name,
+        ["a", "api.acme.test", "*.acme.test", "a.b.", "*", "*.", "a..b", "a*b.c", "-a.b", ""],
+    ),
+    "header_name": (fields.header_name, ["X-Client-Cert", "X_A", "X A", "", "a:b"]),  # reserved names: the builder
 }
 
 

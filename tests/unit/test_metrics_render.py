@@ -126,11 +126,14 @@ def test_series_per_tenant_stay_bounded_whatever_the_traffic():
         busy.counters.observe(status, status / 100)
     for reason in (*metrics.UPSTREAM_ERROR_REASONS, *(f"new-reason-{i}" for i in range(500))):
         busy.counters.upstream_error(reason)
+    for reason in (*metrics.HANDSHAKE_FAILURE_REASONS, *(f"new-tls-reason-{i}" for i in range(500))):
+        busy.counters.tls_handshake_failure(reason)
     text = metrics.render([busy, quiet], INFO).decode()
     assert len(tenant_series(text, "busy")) == metrics.MAX_SERIES_PER_TENANT  # every slot used
     assert len(tenant_series(text, "quiet")) < metrics.MAX_SERIES_PER_TENANT
     assert 'nsproxy_upstream_errors_total{tenant="busy",reason="other"} 500' in text
-    assert "new-reason" not in text
+    assert 'nsproxy_tls_handshake_failures_total{tenant="busy",reason="other"} 501' in text
+    assert "new-reason" not in text and "new-tls-reason" not in text
 
 
 def test_the_documented_series_bound_is_the_code_s():
@@ -170,3 +173,33 @@ def test_the_data_plane_uses_only_reasons_the_metrics_know():
     literals = _reason_literals()
     assert {"refused", "timeout", "connect_timeout"} <= literals  # the scan still finds them
     assert literals <= set(metrics.UPSTREAM_ERROR_REASONS), literals - set(metrics.UPSTREAM_ERROR_REASONS)
+
+
+def test_tls_reasons_are_ones_the_metrics_know():
+    from nsproxy_appliance.daemon import tls
+
+    tree = ast.parse(Path(tls.__file__).read_text())
+    function = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "upstream_error_reason")
+    returned = {s for r in ast.walk(function) if isinstance(r, ast.Return) and r.value for s in _strings(r.value)}
+    assert returned == {"tls_verify_failed", "tls_error"}
+    assert returned <= set(metrics.UPSTREAM_ERROR_REASONS)
+    assert set(tls._BY_OPENSSL_REASON.values()) <= set(tls.HANDSHAKE_FAILURE_REASONS)
+    assert "other" in tls.HANDSHAKE_FAILURE_REASONS
+
+
+def test_certificate_expiry_and_handshake_failures():
+    ctx = _ctx("acme")
+    ctx.counters.tls_handshake_failure("no_certificate")
+    ctx.counters.tls_handshake_failure("no_certificate")
+    info = {**INFO, "tls_certificates": [("acme", "127.0.0.1:8443", "1F2E", 1.8e9), ("acme", "[::1]:443", "AB", 1.7e9)]}
+    text = metrics.render([ctx], info).decode()
+    assert "# TYPE nsproxy_tls_certificate_expiry_seconds gauge" in text
+    assert "# TYPE nsproxy_tls_handshake_failures_total counter" in text
+    values = samples(text)
+    assert (
+        values['nsproxy_tls_certificate_expiry_seconds{tenant="acme",listener="127.0.0.1:8443",serial="1F2E"}'] == 1.8e9
+    )
+    assert values['nsproxy_tls_certificate_expiry_seconds{tenant="acme",listener="[::1]:443",serial="AB"}'] == 1.7e9
+    assert values['nsproxy_tls_handshake_failures_total{tenant="acme",reason="no_certificate"}'] == 2
+    for line in text.splitlines():
+        assert line.startswith("# ") or SAMPLE.match(line), line

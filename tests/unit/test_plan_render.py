@@ -108,3 +108,19 @@ def test_unobserved_error_state_is_not_in_sync():
     plan = make_plan(m, observed(NetnsState(path="/nope", error="boom")), Ledger(), OPTS)
     result = RunResult(plan, check=False)
     assert result.exit_code == 1 and not result.in_sync and result.errors == ["x: boom"]
+
+
+def test_manifest_warnings_are_shown_and_never_fail_the_run():
+    import dataclasses
+
+    m = manifest(tenant("acme"))
+    warning = "t.yaml:8:30: $.tenants[0].listen[1].tls.certificates[0].cert: certificate /c.pem (...) expires in 5 days"
+    m = dataclasses.replace(m, warnings=(warning,))
+    led = Ledger()
+    led.own_netns("acme", ident(1), "acme")
+    in_sync = make_plan(m, observed(ns("acme", 1), config=in_sync_config(m)), led, OPTS)
+    result = RunResult(in_sync, check=True)
+    assert result.exit_code == 0 and in_sync.warnings == [warning]
+    assert f"Warnings:\n  ~ {warning}\n" in to_text(result)
+    assert to_json(result)["warnings"] == [warning]
+    assert to_json(RunResult(cold_plan(), check=True))["warnings"] == []

@@ -128,9 +128,24 @@ def test_drain_finishes_the_request_in_flight_then_closes():
     wire.respond(OK)
     assert b"Connection: close" in wire.client.data()
     assert wire.client.closing
-    idle = Wire()
+    idle = Wire()  # kept alive after a response, then idle: closes at once
+    idle.send(GET % b"a")
+    idle.respond(OK)
+    assert not idle.client.closing
     idle.proto.begin_drain()
     assert idle.client.closing
+
+
+def test_drain_keeps_a_connection_whose_first_request_is_on_its_way():
+    """Accepted just before the drain, its request not read yet: closing it would fail a request
+    the client already sent. It gets that one request, answered with Connection: close."""
+    wire = Wire()
+    wire.proto.begin_drain()
+    assert not wire.client.closing
+    wire.send(GET % b"a")
+    wire.respond(OK)
+    assert b"Connection: close" in wire.client.data()
+    assert wire.client.closing
 
 
 def test_request_on_a_stale_kept_alive_connection_is_retried_once_on_a_new_one():

@@ -224,3 +224,41 @@ def test_classification_cache_keeps_per_policy_owned_names_apart():
     theirs = _lines(_request(headers, policy=other).head)
     assert b"X-Org: spoof" in mine and b"X-Tenant-ID: acme" in mine and b"X-Tenant-ID: spoof" not in mine
     assert b"X-Tenant-ID: spoof" in theirs and b"X-Org: o1" in theirs and b"X-Org: spoof" not in theirs
+
+
+# ---- TLS listeners: the scheme and a mutual-TLS client's certificate ----------------------------------
+
+CERT_LINES = b"X-Client-Cert-Subject: CN=svc\r\nX-Client-Cert-SHA256: ab12\r\n"
+TLS_POLICY = RequestPolicy.build("X-Tenant-ID", "acme", managed=("X-Client-Cert-Subject", "X-Client-Cert-SHA256"))
+
+
+def test_a_tls_connection_says_https():
+    lines = _lines(_request([(b"Host", b"shop")], peer=Peer.of("10.0.0.7", 8443, b"https")).head)
+    assert _named(lines, b"x-forwarded-proto") == [b"X-Forwarded-Proto: https"]
+    assert _named(lines, b"forwarded") == [b'Forwarded: for=10.0.0.7;host="shop";proto=https']
+    assert _named(lines, b"x-forwarded-port") == [b"X-Forwarded-Port: 8443"]
+
+
+@pytest.mark.parametrize(
+    "name", [b"X-Client-Cert-Subject", b"x-client-cert-subject", b"X_Client_Cert_Subject", b"x-client-cert-sha256"]
+)
+def test_client_certificate_headers_are_nsproxys_only(name):
+    forged = [(b"Host", b"a"), (name, b"CN=admin")]
+    with_cert = _lines(_request(forged, policy=TLS_POLICY, peer=Peer.of("10.0.0.7", 8443, b"https", CERT_LINES)).head)
+    assert _named(with_cert, b"x-client-cert-subject") == [b"X-Client-Cert-Subject: CN=svc"]
+    assert _named(with_cert, b"x-client-cert-sha256") == [b"X-Client-Cert-SHA256: ab12"]
+    # without a client certificate (a plain listener, or optional client auth): none at all
+    plain = _lines(_request(forged, policy=TLS_POLICY).head)
+    assert _named(plain, b"x-client-cert-subject") == [] and _named(plain, b"x-client-cert-sha256") == []
+
+
+def test_peers_with_other_schemes_or_certificates_are_not_shared():
+    plain, tls = Peer.of("10.0.0.9", 443), Peer.of("10.0.0.9", 443, b"https")
+    one, other = Peer.of("10.0.0.9", 443, b"https", CERT_LINES), Peer.of("10.0.0.9", 443, b"https", b"X-A: b\r\n")
+    assert len({id(plain), id(tls), id(one), id(other)}) == 4
+    assert Peer.of("10.0.0.9", 443, b"https", CERT_LINES) is one
+
+
+def test_managed_header_names_must_be_sendable():
+    with pytest.raises(HeaderValueError):
+        RequestPolicy.build("X-Tenant-ID", "acme", managed=("X Bad",))

@@ -1,0 +1,115 @@
+"""What the broker may make sockets for: the tenants of the runtime config the applier wrote.
+
+The daemon asks by tenant name; the broker answers only for tenants of the config, only at their
+configured listen addresses, and gives unconnected upstream sockets only in the namespaces of
+`from: tenant` upstreams. The config is trusted only if nobody but root (the applier) can have
+written it: a regular file (no symlink) owned by root (or the broker's own user), not writable by
+group or others, in a directory only root can rename files in (not writable by others, or sticky).
+So a compromised daemon, which may write its own files into the runtime dir, cannot widen what the
+broker makes for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+
+from ..errors import RuntimeConfigError
+from ..model import Tenant
+from ..runtime_config import parse
+
+log = logging.getLogger("nsproxy-broker")
+
+
+class UntrustedConfig(Exception):
+    """The runtime config could have been written by someone other than root; the message says why."""
+
+
+def _check_owner(st: os.stat_result, what: str, trusted: frozenset[int]) -> None:
+    if st.st_uid not in trusted:
+        raise UntrustedConfig(f"{what} is owned by uid {st.st_uid}, not root")
+
+
+Signature = tuple[int, ...]
+
+
+def signature(path: str) -> Signature:
+    """What changes when the config, its owner or mode, or its directory (entries, owner, mode) change."""
+    st = os.lstat(path)
+    dst = os.stat(os.path.dirname(path) or ".")
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_ctime_ns, st.st_size, dst.st_ctime_ns)
+
+
+def read_trusted(path: str, trusted: frozenset[int]) -> str:
+    """The text of the config at `path`, or UntrustedConfig/OSError."""
+    directory = os.path.dirname(path) or "."
+    dst = os.stat(directory)
+    _check_owner(dst, f"the runtime dir {directory}", trusted)
+    if dst.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not dst.st_mode & stat.S_ISVTX:
+        raise UntrustedConfig(
+            f"the runtime dir {directory} is writable by group or others without the sticky bit: "
+            "another user could replace the config"
+        )
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UntrustedConfig(f"{path} is not a regular file")
+        _check_owner(st, path, trusted)
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise UntrustedConfig(f"{path} is writable by group or others")
+        with os.fdopen(os.dup(fd), encoding="utf-8") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Registry:
+    """The tenants of the runtime config at `path`, re-read whenever the file changed."""
+
+    path: str
+    trusted_uids: frozenset[int] = field(default_factory=lambda: frozenset({0, os.geteuid()}))
+    tenants: dict[str, Tenant] = field(default_factory=dict)
+    generation: str | None = None
+    upstream_netns: dict[str, Tenant] = field(default_factory=dict)  # path -> a tenant dialling `from: tenant` there
+    error: str | None = None  # why the config on disk is not (or no longer) used
+    _signature: Signature | None = None
+
+    def refresh(self) -> bool:
+        """Re-read the config if it changed; True when the tenants changed. A config that cannot be
+        trusted or read keeps the last good one and sets `error`."""
+        try:
+            now = signature(self.path)
+        except OSError as e:
+            self._failed(f"{self.path}: {e.strerror or e}")
+            return False
+        if now == self._signature:
+            return False
+        self._signature = now  # not read again until it changes
+        try:
+            config = parse(json.loads(read_trusted(self.path, self.trusted_uids)))
+        except (OSError, ValueError, UnicodeDecodeError, UntrustedConfig, RuntimeConfigError) as e:
+            self._failed(f"{self.path}: {getattr(e, 'strerror', None) or e}")
+            return False
+        self.error = None
+        self.generation = config.generation
+        tenants = {t.name: t for t in config.tenants}
+        changed = tenants != self.tenants
+        self.tenants = tenants
+        self.upstream_netns = {
+            t.netns.path: t for t in tenants.values() if t.upstream.kind == "http" and t.upstream.from_ns == "tenant"
+        }
+        log.info("runtime config generation %s: %d tenants", self.generation, len(tenants))
+        return changed
+
+    def _failed(self, error: str) -> None:
+        if error != self.error:
+            log.error("runtime config not used: %s (keeping generation %s)", error, self.generation)
+        self.error = error
+
+    def tenant(self, name: str) -> Tenant | None:
+        return self.tenants.get(name)
