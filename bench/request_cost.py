@@ -8,6 +8,7 @@ difference, so start-up drops out): repeatable on a shared, noisy machine, unlik
 
     .venv/bin/python bench/request_cost.py                 # µs per request
     .venv/bin/python bench/request_cost.py --callgrind     # instructions per request (valgrind)
+    .venv/bin/python bench/request_cost.py --access-log /tmp/a.log   # with the JSON access log on
 
 docs/performance.md ("Where the time goes") has the breakdown this gives.
 """
@@ -73,15 +74,19 @@ class FakeTransport:
         self.closing = True
 
 
-async def measure(requests: int, repeats: int) -> float:
-    """Best CPU seconds per request over `repeats` runs of `requests`."""
+async def measure(requests: int, repeats: int, access_log: str | None = None) -> float:
+    """Best CPU seconds per request over `repeats` runs of `requests` (the writer thread's CPU
+    included: process time)."""
     from proxy_harness import make_tenant
 
     from nsproxy_appliance.daemon import upstream
+    from nsproxy_appliance.daemon.accesslog import AccessLog
     from nsproxy_appliance.daemon.context import TenantContext
     from nsproxy_appliance.daemon.http import ProxyProtocol
 
     ctx = TenantContext(tenant=make_tenant("bench", port=9))
+    if access_log is not None:
+        ctx.access_log = AccessLog(access_log, asyncio.get_running_loop())
     proto = ProxyProtocol(ctx, asyncio.get_running_loop())
     client = FakeTransport()
     proto.connection_made(client)  # type: ignore[arg-type]
@@ -106,15 +111,17 @@ async def measure(requests: int, repeats: int) -> float:
                 client.out.clear()
                 server.out.clear()
         best = min(best, time.process_time() - started)
+    if ctx.access_log is not None:
+        ctx.access_log.close()
     return best / requests
 
 
-def instructions(requests: int) -> int:
+def instructions(requests: int, extra: list[str]) -> int:
     """valgrind's instruction count of a whole run of `requests`."""
     with tempfile.TemporaryDirectory() as tmp:
         out = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/cg", sys.executable, __file__,
-             "--requests", str(requests), "--repeats", "1"],
+             "--requests", str(requests), "--repeats", "1", *extra],
             capture_output=True, text=True, check=True, env=dict(os.environ, PYTHONHASHSEED="0"),
         )  # fmt: skip
     found = re.search(r"Collected : ([\d,]+)", out.stderr)
@@ -128,18 +135,20 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=100_000)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--callgrind", action="store_true", help="count instructions with valgrind instead")
+    parser.add_argument("--access-log", metavar="FILE", help="with the JSON access log on, written to FILE")
     args = parser.parse_args()
     from nsproxy_appliance.daemon import compiled
 
     build = "compiled" if compiled.is_compiled() else "pure Python"
     if args.callgrind:
         n = min(args.requests, 3000)
-        per_request = (instructions(2 * n) - instructions(n)) / n
+        extra = ["--access-log", args.access_log] if args.access_log else []
+        per_request = (instructions(2 * n, extra) - instructions(n, extra)) / n
         print(f"{per_request:,.0f} instructions per request ({build} data plane, valgrind over {n} and {2 * n})")
         return 0
     import uvloop  # the daemon's loop: its time() is what the protocol reads per request
 
-    seconds = uvloop.run(measure(args.requests, args.repeats))
+    seconds = uvloop.run(measure(args.requests, args.repeats, args.access_log))
     print(f"{seconds * 1e6:.2f} µs of CPU per request ({build} data plane, no system calls, best of {args.repeats})")
     return 0
 

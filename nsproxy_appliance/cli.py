@@ -297,12 +297,17 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    from . import daemon_control
+    from . import broker_control, daemon_control
 
     paths = Paths(state_dir=args.state_dir, runtime_dir=args.runtime_dir)
     current = daemon_control.status(paths)
     if not current.running:
         print(f"nsproxyd is not running ({paths.pidfile})")
+        # a broker outlives a daemon that died or never started: without --keep-listeners it goes too
+        broker = None if args.keep_listeners else broker_control.running_pid(paths)
+        if broker is not None:
+            stopped = broker_control.stop(paths, timeout=args.timeout)
+            print(f"nsproxy-broker (pid {broker}) {'stopped' if stopped else 'killed'}")
         return EXIT_OK
     if daemon_control.stop(paths, timeout=args.timeout, keep_broker=args.keep_listeners):
         print(f"nsproxyd (pid {current.pid}) stopped")

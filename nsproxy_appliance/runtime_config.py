@@ -272,6 +272,11 @@ class Loader:
             raise RuntimeConfigError(f"{path}: no such file (write it with nsproxy-apply)") from None
         except OSError as e:
             raise RuntimeConfigError(f"{path}: cannot read: {e.strerror}") from None
+        return self.load_bytes(data)
+
+    def load_bytes(self, data: bytes) -> RuntimeConfig:
+        """load(), of the file's content read by the caller (the broker reads it only after checking
+        who could have written it)."""
         head = _head_of(data)
         if head is None:
             return self._whole(data)
@@ -397,7 +402,7 @@ def _record(cls: type[T], raw: Any, where: str) -> T:
         raise RuntimeConfigError(f"{where}: expected an object, got {type(raw).__name__}")
     known = _FIELD_NAMES.get(cls)
     if known is None:  # once per class: dataclasses.fields() per record showed at 10,000 tenants
-        known = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+        known = _FIELD_NAMES[cls] = frozenset(f.name for f in dataclasses.fields(cls))  # type: ignore[arg-type]  # cls is a dataclass type
     unknown = sorted(set(raw) - known)
     if unknown:
         raise RuntimeConfigError(f"unknown field {unknown[0]!r} ({cls.__name__})")

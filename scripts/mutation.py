@@ -67,6 +67,7 @@ DATA_PLANE_TESTS = (
     "tests/unit/test_protocol_exchange.py",
     "tests/unit/test_upstream_connection.py",
     "tests/unit/test_upstream_pool.py",
+    "tests/unit/test_upstream_tls_pool.py",
     "tests/unit/test_tunnel.py",
 )
 

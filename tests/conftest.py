@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import selectors
@@ -114,3 +115,38 @@ def pytest_sessionstart(session):
             "run `bash scripts/setup.sh` to rebuild it",
             returncode=3,
         )
+
+
+def _processes_under(root: str) -> list[tuple[int, str]]:
+    """Processes (other than this one) whose command line names a path under `root`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if any(root.encode() in arg for arg in argv):
+            found.append((int(entry), b" ".join(argv).decode(errors="replace")[:200]))
+    return found
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A safety net behind every test's own clean-up: a daemon or broker started for a test (its
+    paths are under this session's tmp dir) must not outlive the run, even after a failure that
+    skipped a teardown. Killed here, and named, so the leak is seen."""
+    import signal
+
+    try:
+        root = str(session.config._tmp_path_factory.getbasetemp())
+    except Exception:  # no tmp dir was made: nothing can have been started under it
+        return
+    leftovers = _processes_under(root)
+    for pid, _ in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    if leftovers:
+        named = "".join(f"  {pid} {cmd}\n" for pid, cmd in leftovers)
+        sys.stderr.write(f"\nprocesses left behind by tests, killed:\n{named}")

@@ -113,10 +113,10 @@ class BrokerClient:
         sock, self._sock = self._sock, None
         if sock is not None:
             with contextlib.suppress(Exception):
-                self._loop.remove_reader(sock.fileno())  # type: ignore[union-attr]
+                self._loop.remove_reader(sock.fileno())  # type: ignore[union-attr]  # the loop is set once connected
             if self._writing:
                 with contextlib.suppress(Exception):
-                    self._loop.remove_writer(sock.fileno())  # type: ignore[union-attr]
+                    self._loop.remove_writer(sock.fileno())  # type: ignore[union-attr]  # the loop is set once connected
                 self._writing = False
             sock.close()
         self._outbox.clear()
@@ -198,7 +198,7 @@ class BrokerClient:
 
     def _want_write(self) -> None:
         if not self._writing and self._sock is not None:
-            self._loop.add_writer(self._sock.fileno(), self._flush)  # type: ignore[union-attr]
+            self._loop.add_writer(self._sock.fileno(), self._flush)  # type: ignore[union-attr]  # the loop is set once connected
             self._writing = True
 
     def _flush(self) -> None:
@@ -213,7 +213,7 @@ class BrokerClient:
                 return
             self._outbox.popleft()
         if self._writing and self._sock is not None:
-            self._loop.remove_writer(self._sock.fileno())  # type: ignore[union-attr]
+            self._loop.remove_writer(self._sock.fileno())  # type: ignore[union-attr]  # the loop is set once connected
         self._writing = False
 
     async def request(self, message: dict[str, Any], fds: list[int] | None = None) -> tuple[dict[str, Any], list[int]]:

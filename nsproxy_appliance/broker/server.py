@@ -106,6 +106,9 @@ class Broker:
         self.hold = hold
         self.notifier = notifier or Notifier({})
         self.held: dict[tuple[str, str], Held] = {}
+        # tenant -> its listen keys in `held`: releasing or forgetting one tenant must not scan the
+        # listeners of all (10,000 tenants: a scan per tenant made start-up quadratic)
+        self._held_keys: dict[str, set[str]] = {}
         self.clients: dict[int, Client] = {}
         self.selector = selectors.DefaultSelector()
         self.listening: socket.socket | None = None
@@ -138,7 +141,7 @@ class Broker:
 
     def _accept(self, _: socket.socket) -> None:
         try:
-            sock, _addr = self.listening.accept()  # type: ignore[union-attr]
+            sock, _addr = self.listening.accept()  # type: ignore[union-attr]  # registered only once listening
         except (BlockingIOError, InterruptedError):
             return
         except OSError as e:
@@ -274,7 +277,7 @@ class Broker:
                 sock.close()
             raise RequestError(f"network namespace {path} was replaced while its sockets were made", unavailable=True)
         for key, sock in made.items():
-            self.held[(tenant.name, key)] = Held(tenant.name, key, identity, sock)
+            self._hold(Held(tenant.name, key, identity, sock))
         out: list[socket.socket] = []
         sockets = []
         for key in keys:
@@ -307,7 +310,8 @@ class Broker:
         keys = message.get("listen")
         if not isinstance(name, str) or not (keys is None or isinstance(keys, list)):
             raise RequestError("release needs a tenant and a list of addresses (or null: all)")
-        gone = [h for (t, k), h in self.held.items() if t == name and (keys is None or k in keys)]
+        held_keys = self._held_keys.get(name, set())
+        gone = [self.held[(name, k)] for k in (held_keys if keys is None else held_keys.intersection(keys))]
         for held in gone:
             self._close_held(held, "released by the daemon")
         return {"released": len(gone)}, []
@@ -341,7 +345,7 @@ class Broker:
                 continue
             if current is not None:
                 self._close_held(current, "replaced by the daemon's")
-            self.held[(held.tenant, held.listen)] = held
+            self._hold(held)
             adopted += 1
         if adopted or refused:
             log.info("adopted %d listening sockets from the daemon (%d refused)", adopted, len(refused))
@@ -382,15 +386,24 @@ class Broker:
 
     # ---- housekeeping --------------------------------------------------------------------------
 
+    def _hold(self, held: Held) -> None:
+        self.held[(held.tenant, held.listen)] = held
+        self._held_keys.setdefault(held.tenant, set()).add(held.listen)
+
     def _close_held(self, held: Held, why: str) -> None:
         if self.held.get((held.tenant, held.listen)) is held:
             del self.held[(held.tenant, held.listen)]
+            keys = self._held_keys.get(held.tenant)
+            if keys is not None:
+                keys.discard(held.listen)
+                if not keys:
+                    del self._held_keys[held.tenant]
         held.sock.close()
         log.info("closed %s of tenant %s: %s", held.listen, held.tenant, why)
 
     def _forget_tenant(self, name: str) -> None:
-        for held in [h for h in self.held.values() if h.tenant == name]:
-            self._close_held(held, "its namespace is unavailable")
+        for key in list(self._held_keys.get(name, ())):
+            self._close_held(self.held[(name, key)], "its namespace is unavailable")
 
     def housekeeping(self) -> None:
         """Close held sockets that nobody can use any more (an open socket pins its namespace)."""
@@ -449,6 +462,7 @@ class Broker:
         for held in list(self.held.values()):
             held.sock.close()
         self.held.clear()
+        self._held_keys.clear()
         if self.listening is not None:
             path = self.listening.getsockname()
             self.selector.unregister(self.listening)

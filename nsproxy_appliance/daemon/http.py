@@ -417,11 +417,11 @@ class ProxyProtocol(LazyTimer):
     def on_header(self, name: bytes, value: bytes) -> None:
         ex = self._parsing
         if not ex.head:  # type: ignore[union-attr]  # else: a chunked trailer, dropped
-            ex.headers.append((name, value))  # type: ignore[union-attr]
+            ex.headers.append((name, value))  # type: ignore[union-attr]  # on_url started it
 
     def on_headers_complete(self) -> None:
-        ex: Exchange = self._parsing  # type: ignore[assignment]
-        parser: httptools.HttpRequestParser = self.parser  # type: ignore[assignment]
+        ex: Exchange = self._parsing  # type: ignore[assignment]  # on_url started it
+        parser: httptools.HttpRequestParser = self.parser  # type: ignore[assignment]  # made in connection_made
         version = self._version_in_read()
         if version != b"1.1":
             if version is None:
@@ -476,7 +476,7 @@ class ProxyProtocol(LazyTimer):
             if queue is None:
                 queue = self._queue = collections.deque()
             queue.append(ex)
-            self.gate.pause(PIPELINE)  # type: ignore[union-attr]
+            self.gate.pause(PIPELINE)  # type: ignore[union-attr]  # set in connection_made
 
     def on_body(self, body: bytes) -> None:
         ex = self._parsing
@@ -497,13 +497,13 @@ class ProxyProtocol(LazyTimer):
             ex.pending.append(body)
 
     def on_message_complete(self) -> None:
-        ex: Exchange = self._parsing  # type: ignore[assignment]
+        ex: Exchange = self._parsing  # type: ignore[assignment]  # on_url started it
         self._parsing = None
         self._msgs_in_read += 1
         ex.complete = True
         if ex.chunked:
             if ex.sent:
-                self._up.write(LAST_CHUNK)  # type: ignore[union-attr]
+                self._up.write(LAST_CHUNK)  # type: ignore[union-attr]  # sent: it has its upstream
             elif ex.pending is None:
                 ex.pending = [b""]
             else:
@@ -520,7 +520,7 @@ class ProxyProtocol(LazyTimer):
             self._deferred = (status, reason, parsing)
             self._parsing = None
             self._stop_reading = True
-            self.gate.pause(PIPELINE)  # type: ignore[union-attr]
+            self.gate.pause(PIPELINE)  # type: ignore[union-attr]  # set in connection_made
             return
         self._fail(status, reason)
 
@@ -554,7 +554,7 @@ class ProxyProtocol(LazyTimer):
             self._up = conn
             self._send(ex, conn, policy)
             return
-        self.gate.pause(CONNECTING)  # type: ignore[union-attr]
+        self.gate.pause(CONNECTING)  # type: ignore[union-attr]  # set in connection_made
         self._connecting = self.loop.create_task(self._connect(pool, ex, policy))
 
     async def _connect(self, pool: UpstreamPool, ex: Exchange, policy: TenantPolicy) -> None:
@@ -581,14 +581,14 @@ class ProxyProtocol(LazyTimer):
         conn.owner = self
         self._up = conn
         self._send(ex, conn, policy)
-        self.gate.resume(CONNECTING)  # type: ignore[union-attr]
+        self.gate.resume(CONNECTING)  # type: ignore[union-attr]  # set in connection_made
 
     def _send(self, ex: Exchange, up: UpstreamConnection, policy: TenantPolicy) -> None:
         up.bind(ex, no_body=ex.method == b"HEAD", read_timeout=policy.read_timeout)
         if self._logging:
             ex.sent_at = time.perf_counter()
         if self._write_paused:
-            up.gate.pause(PEER_BACKPRESSURE)  # type: ignore[union-attr]
+            up.gate.pause(PEER_BACKPRESSURE)  # type: ignore[union-attr]  # set in connection_made
         ex.sent = True
         pending = ex.pending
         if not pending:
@@ -626,7 +626,7 @@ class ProxyProtocol(LazyTimer):
         self.flush()
         held, self._held = self._held, None
         if held:
-            conn.transport.write(b"".join(held))  # type: ignore[union-attr]
+            conn.transport.write(b"".join(held))  # type: ignore[union-attr]  # set in connection_made
         self._record(ex, 101)
         if self._timer is not None:
             self._timer.cancel()
@@ -647,7 +647,7 @@ class ProxyProtocol(LazyTimer):
         data = out[0] if len(out) == 1 else b"".join(out)
         out.clear()
         self.counters.bytes_out += len(data)
-        self.transport.write(data)  # type: ignore[union-attr]
+        self.transport.write(data)  # type: ignore[union-attr]  # set in connection_made
 
     # -- ending an exchange ---------------------------------------------------------------
     def _exchange_done(self, ex: Exchange, reusable: bool) -> None:
@@ -660,15 +660,15 @@ class ProxyProtocol(LazyTimer):
             data = out[0] if len(out) == 1 else b"".join(out)
             out.clear()
             self.counters.bytes_out += len(data)
-            self.transport.write(data)  # type: ignore[union-attr]
+            self.transport.write(data)  # type: ignore[union-attr]  # set in connection_made
         self._active = None
         up = self._up
         if up is not None:
             if not reusable:
                 self._up = None
                 up.close()
-            elif up.gate.reasons:  # type: ignore[union-attr]
-                up.gate.resume(PEER_BACKPRESSURE)  # type: ignore[union-attr]
+            elif up.gate.reasons:  # type: ignore[union-attr]  # set in connection_made
+                up.gate.resume(PEER_BACKPRESSURE)  # type: ignore[union-attr]  # set in connection_made
         self._record(ex, ex.status)
         if self.closed:
             return

@@ -338,7 +338,7 @@ def rewrite_request(
             ]
     chunked = te is not None
     if chunked:
-        codings = request_codings(te)  # type: ignore[arg-type]
+        codings = request_codings(te)  # type: ignore[arg-type]  # chunked: te is set
         if codings is None:
             raise Refused(400, "unsupported Transfer-Encoding")
         if method in (b"GET", b"HEAD"):

@@ -298,7 +298,7 @@ _REJECTED, _WAITING, _RUNNING, _DONE = range(4)
 def _protocol_class(base: type) -> type:
     """A subclass of the loop's SSL protocol that is its own handshake waiter (see the docstring)."""
 
-    class TlsServerProtocol(base):  # type: ignore[misc,valid-type,unused-ignore]
+    class TlsServerProtocol(base):  # type: ignore[misc,valid-type,unused-ignore]  # base: the loop's own SSL class
         __slots__ = ("app", "gate", "state")
 
         def __init__(self, loop: asyncio.AbstractEventLoop, app: Any, context: ssl.SSLContext, gate: HandshakeGate):
@@ -367,7 +367,7 @@ class _Handover:
         self.app.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self.app.eof_received()  # type: ignore[no-any-return,unused-ignore]
+        return self.app.eof_received()  # type: ignore[no-any-return,unused-ignore]  # app: any protocol
 
 
 _CLASSES: dict[type, type] = {}
@@ -383,7 +383,7 @@ def server_factory(
         cls = _CLASSES[base] = _protocol_class(base)
 
     def make() -> asyncio.Protocol:
-        return cls(loop, app_factory(), terminator.base, gate)  # type: ignore[no-any-return,unused-ignore]
+        return cls(loop, app_factory(), terminator.base, gate)  # type: ignore[no-any-return,unused-ignore]  # made at run time
 
     return make
 

@@ -180,11 +180,11 @@ class UpstreamConnection(LazyTimer):
 
     def write(self, data: bytes) -> None:
         self._last = self.loop.time()
-        self.transport.write(data)  # type: ignore[union-attr]
+        self.transport.write(data)  # type: ignore[union-attr]  # set in connection_made
 
     def writelines(self, parts: list[bytes]) -> None:
         self._last = self.loop.time()
-        self.transport.writelines(parts)  # type: ignore[union-attr]
+        self.transport.writelines(parts)  # type: ignore[union-attr]  # set in connection_made
 
     def abort(self) -> None:
         """Drop the connection (the exchange it served went wrong); never reused."""

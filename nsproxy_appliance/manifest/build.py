@@ -394,7 +394,7 @@ class Builder:
                 other = owners[d.netns.path]
                 self.error(
                     d.netns_path,
-                    f"netns path {d.netns.path} is the named netns {other.netns.name!r} that nsproxy owns for "  # type: ignore[union-attr]
+                    f"netns path {d.netns.path} is the named netns {other.netns.name!r} that nsproxy owns for "  # type: ignore[union-attr]  # other is a named one
                     f"tenant {other.name!r} (line {self._line(other.netns_path)}); a netns is either owned or external",
                 )
 

@@ -35,7 +35,7 @@ try:
 
 except ImportError:  # PyYAML built without libyaml
 
-    class _Loader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, GuardedConstructor, Resolver):  # type: ignore[no-redef]
+    class _Loader(yaml.reader.Reader, yaml.scanner.Scanner, yaml.parser.Parser, GuardedConstructor, Resolver):  # type: ignore[no-redef]  # the pure-Python twin of the CLoader above
         def __init__(self, text: str):
             yaml.reader.Reader.__init__(self, text)
             yaml.scanner.Scanner.__init__(self)
