@@ -35,7 +35,7 @@ import sys
 import tempfile
 import time
 
-from nsproxy_appliance import daemon_control, model, netns, runtime_config
+from nsproxy_appliance import broker_control, daemon_control, model, netns, runtime_config
 
 TARGET_TENANTS = 10000
 TARGET_RSS_MB = 64.0
@@ -239,13 +239,22 @@ def main() -> int:
         t = time.perf_counter()
         names = make_namespaces(f"b{token}n{count}", count)
         setup_s = time.perf_counter() - t
+        broker = None
         try:
             generation = write_config(paths, names)
+            # As nsproxy-apply and the units run it: the socket broker runs before the daemon and
+            # outlives it. The first start has the broker make every listener (a cold start); the
+            # later ones get the listeners it kept (a restart).
+            broker = broker_control.ensure_detached(paths, None)
             runs = [run_once(paths, names, generation) for _ in range(args.runs)]
         finally:
+            if broker is not None:
+                broker_control.stop(paths, 10.0)
+                broker.wait(timeout=10)
             delete_namespaces(names)
             shutil.rmtree(workdir, ignore_errors=True)
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+        med["cold_startup_s"] = runs[0]["startup_s"]
         results["runs"][str(count)] = {"median": med, "all": runs, "namespace_setup_s": setup_s}
 
     big = results["runs"].get(str(TARGET_TENANTS), {}).get("median")
@@ -266,12 +275,12 @@ def main() -> int:
             print(f"  {label:<28}{v['rss_mb']:>9.1f}{v['import_s']:>10.3f}")
         print()
         print(f"nsproxyd start-up (median of {args.runs})")
-        head = f"  {'tenants':>8}{'start-up s':>12}{'RSS ready MB':>14}{'RSS after MB':>14}{'HWM MB':>9}"
+        head = f"  {'tenants':>8}{'cold s':>9}{'start-up s':>12}{'RSS ready MB':>14}{'RSS after MB':>14}{'HWM MB':>9}"
         head += f"{'reload -1 ms':>14}{'reload +1 ms':>14}{'reload -1/2 s':>15}{'reload +1/2 s':>15}"
         print(head)
         for count, r in results["runs"].items():
             m = r["median"]
-            row = f"  {count:>8}{m['startup_s']:>12.3f}{m['rss_ready_mb']:>14.1f}"
+            row = f"  {count:>8}{m['cold_startup_s']:>9.3f}{m['startup_s']:>12.3f}{m['rss_ready_mb']:>14.1f}"
             row += f"{m['rss_after_mb']:>14.1f}{m['hwm_mb']:>9.1f}"
             row += f"{m['reload_remove_one_s'] * 1e3:>14.1f}{m['reload_add_one_s'] * 1e3:>14.1f}"
             print(f"{row}{m['reload_remove_half_s']:>15.3f}{m['reload_add_half_s']:>15.3f}")

@@ -92,9 +92,9 @@ class Machine:
         install would be), with console scripts: this venv's interpreter lives under /root,
         which ProtectHome= hides."""
         site_packages = next((VENV_BIN.parent / "lib").glob("python3*/site-packages"))
-        # the bind mount of / is not recursive: the checkout must be on the root filesystem
+        # the checkout is bound into the container (booted()); its venv's interpreter must be on /
         out = self.run(f"test -x {VENV_BIN}/python && echo seen || echo missing").strip()
-        assert out == "seen", f"{VENV_BIN} is not on / (the container sees only the root filesystem)"
+        assert out == "seen", f"{VENV_BIN}/python is not visible in the container (is its interpreter on /?)"
         self.run(f"{SYSTEM_PYTHON} -m venv --without-pip {path}")
         pth = f"import site; site.addsitedir({str(site_packages)!r})\n"
         self.run(f"cat > {path}/lib/python3.11/site-packages/nsproxy-test.pth", stdin=pth)
@@ -130,6 +130,7 @@ def booted() -> Iterator[Machine]:
             proc = subprocess.Popen(
                 [nspawn, "--quiet", "-D", str(root), "--volatile=overlay", "--private-network", "--register=no",
                  "--keep-unit", "--link-journal=no", f"--uuid={uuid.uuid4().hex}", f"--machine={name}",
+                 f"--bind={REPO}",  # the checkout wherever it is (nspawn gives the container its own /tmp)
                  "--console=pipe", "--boot"],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=out,
             )  # fmt: skip
@@ -207,6 +208,11 @@ def echo(machine: Machine, unit: str, listen: str, netns: str | None = None) -> 
 
 
 def test_the_role_under_a_real_systemd_serves_the_tenants_without_privilege() -> None:
+    # The hardened units give their services a private /tmp and /var/tmp and hide /home and /root
+    # (PrivateTmp=, ProtectHome=): a checkout there, whose packages the units' venv uses, is
+    # invisible to them. Say so rather than fail deep inside the rollout.
+    hidden = [d for d in ("/tmp", "/var/tmp", "/home", "/root") if Path(REPO).resolve().is_relative_to(d)]
+    assert not hidden, f"the checkout {REPO} is under {hidden[0]}, which the hardened units hide: clone it elsewhere"
     with booted() as machine:
         machine.venv(VENV)
         machine.run("cat > /root/inventory.yml", stdin=INVENTORY)
