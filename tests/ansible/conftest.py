@@ -58,34 +58,36 @@ def role_venv(tmp_path_factory: pytest.TempPathFactory, wheel: Path) -> Iterator
     _require_root()
     tmp = tmp_path_factory.mktemp("install")
     readable = Path(tempfile.mkdtemp(prefix="nsproxy-role-venv-", dir="/tmp"))
-    readable.chmod(0o755)
-    venv = readable / "venv"
-    inventory = tmp / "inventory.yml"
-    inventory.write_text(
-        yaml.safe_dump(
-            {
-                "nsproxy_hosts": {
-                    "hosts": {
-                        "installer": {
-                            "ansible_connection": "local",
-                            "ansible_python_interpreter": TARGET_PYTHON,
-                            **install_vars(venv, wheel, tmp),
-                            # Only used by the restart handler (which finds no daemon here).
-                            "nsproxy_state_dir": str(tmp / "state"),
-                            "nsproxy_runtime_dir": str(tmp / "run"),
+    try:
+        readable.chmod(0o755)
+        venv = readable / "venv"
+        inventory = tmp / "inventory.yml"
+        inventory.write_text(
+            yaml.safe_dump(
+                {
+                    "nsproxy_hosts": {
+                        "hosts": {
+                            "installer": {
+                                "ansible_connection": "local",
+                                "ansible_python_interpreter": TARGET_PYTHON,
+                                **install_vars(venv, wheel, tmp),
+                                # Only used by the restart handler (which finds no daemon here).
+                                "nsproxy_state_dir": str(tmp / "state"),
+                                "nsproxy_runtime_dir": str(tmp / "run"),
+                            }
                         }
                     }
                 }
-            }
+            )
         )
-    )
-    run = run_playbook(inventory, playbook=str(Path(__file__).parent / "playbooks" / "install.yml"), tmp=tmp)
-    assert run.rc == 0, run.output
-    assert run.recap["installer"]["changed"] > 0, run.output
-    assert (venv / "bin" / "nsproxy-apply").exists()
-    assert (venv / "bin" / "nsproxyd").exists()
-    yield venv
-    shutil.rmtree(readable, ignore_errors=True)
+        run = run_playbook(inventory, playbook=str(Path(__file__).parent / "playbooks" / "install.yml"), tmp=tmp)
+        assert run.rc == 0, run.output
+        assert run.recap["installer"]["changed"] > 0, run.output
+        assert (venv / "bin" / "nsproxy-apply").exists()
+        assert (venv / "bin" / "nsproxyd").exists()
+        yield venv
+    finally:  # also when the install fails: nothing of it left in /tmp
+        shutil.rmtree(readable, ignore_errors=True)
 
 
 @pytest.fixture
