@@ -9,6 +9,7 @@ of the group's tests, then runs only those tests against each mutant.
     bash scripts/mutation.sh                      # every module: the score per module
     bash scripts/mutation.sh request_head http    # some of them
     bash scripts/mutation.sh --survivors http     # re-test only the last run's survivors (after adding tests)
+    bash scripts/mutation.sh --survivors http --only connection_made   # only some of them
     bash scripts/mutation.sh --report             # the table of the last run, nothing run
     bash scripts/mutation.sh --show http          # the diff of each unlisted survivor
 
@@ -301,14 +302,14 @@ def show(names: list[str]) -> int:
 
 
 # -- running ----------------------------------------------------------------------------------
-def run_group(group: Group, modules: list[Module], *, survivors: bool, max_children: int) -> int:
+def run_group(group: Group, modules: list[Module], *, survivors: bool, only: list[str], max_children: int) -> int:
     sync_tree(group.work)
     write_config(group)
     check_pure(group.work)
     names: list[str] = []
     earlier: dict[Module, dict[str, int | None]] = {}
     if survivors:
-        names = [k for m in modules for k in unkilled(m)]
+        names = [k for m in modules for k in unkilled(m) if not only or any(part in k for part in only)]
         if not names:
             print(f"{group.name}: no survivors to re-test")
             return 0
@@ -356,6 +357,9 @@ def main() -> int:
     parser.add_argument("--survivors", action="store_true", help="re-test only what the last run did not kill")
     parser.add_argument("--report", action="store_true", help="only print the table of the last run")
     parser.add_argument("--show", action="store_true", help="print the diff of every unlisted survivor")
+    parser.add_argument(
+        "--only", action="append", default=[], metavar="TEXT", help="with --survivors: only names containing TEXT"
+    )
     parser.add_argument("--max-children", type=int, default=2, help="mutants tested in parallel (default 2)")
     args = parser.parse_args()
     unknown = [m for m in args.modules if m not in MODULES]
@@ -373,7 +377,9 @@ def main() -> int:
     for group in (DATA_PLANE, CONTROL_PLANE):
         modules = [MODULES[n] for n in names if MODULES[n].group is group]
         if modules:
-            failed |= run_group(group, modules, survivors=args.survivors, max_children=args.max_children)
+            failed |= run_group(
+                group, modules, survivors=args.survivors, only=args.only, max_children=args.max_children
+            )
     print(f"\nmutation check: {time.monotonic() - started:.0f} s for {', '.join(names)}")
     return report(names) or (1 if failed else 0)
 
