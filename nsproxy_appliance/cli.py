@@ -16,12 +16,15 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .errors import NsproxyError, UserError
 from .exitcodes import EXIT_ERROR, EXIT_OK
 from .paths import DAEMON_TIMEOUT, DEFAULT_RUNTIME_DIR, DEFAULT_STATE_DIR, LOCK_TIMEOUT, STOP_TIMEOUT, Paths
 from .versionarg import add_version
+
+if TYPE_CHECKING:
+    from .manifest.tlsfiles import DaemonUser
 
 __all__ = ["UserError", "apply_main", "main"]
 
@@ -170,16 +173,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 # -- commands --------------------------------------------------------------------------------------
 
 
-def _load(path: str, *, check_files: bool = False) -> Any:
+def _load(path: str, *, check_files: bool = False, reader: DaemonUser | None = None) -> Any:
     """The Manifest at `path`, or from standard input for "-"; raises manifest.ManifestError.
-    `check_files`: also the TLS files it names (plan and apply; `validate` checks the manifest only)."""
+    `check_files`: also the TLS files it names (plan and apply; `validate` checks the manifest only),
+    and that `reader` (the daemon's user, daemon_user.py) can read them."""
     from . import manifest
 
     if path == STDIN:
         if sys.stdin is None:  # started with fd 0 closed
             raise manifest.ManifestError(STDIN_NAME, [manifest.Problem(1, 1, (), "standard input is closed")])
-        return manifest.read(sys.stdin.buffer, STDIN_NAME, check_files=check_files)
-    return manifest.load(path, check_files=check_files)
+        return manifest.read(sys.stdin.buffer, STDIN_NAME, check_files=check_files, reader=reader)
+    return manifest.load(path, check_files=check_files, reader=reader)
 
 
 def _validate(manifests: list[str], output: str) -> int:
@@ -223,9 +227,11 @@ def _schema() -> int:
 
 def _apply(args: argparse.Namespace, *, check: bool) -> int:
     from . import manifest
+    from .daemon_user import daemon_user
 
+    reader = None if args.no_daemon else daemon_user(_paths(args))
     try:
-        m = _load(args.manifest, check_files=True)
+        m = _load(args.manifest, check_files=True, reader=reader)
     except manifest.ManifestError as e:
         return _fail(args.output, list(e.errors), "the manifest is invalid; nothing was changed", e.as_dicts())
     try:
@@ -253,7 +259,7 @@ def _run(m: Any, args: argparse.Namespace, check: bool) -> Any:
 
     options = apply.RunOptions(
         plan=PlanOptions(
-            paths=Paths(state_dir=args.state_dir, runtime_dir=args.runtime_dir),
+            paths=_paths(args),
             no_daemon=args.no_daemon,
             force=args.force,
             allow_empty=args.allow_empty,
@@ -286,7 +292,7 @@ def _status(args: argparse.Namespace) -> int:
         except manifest.ManifestError as e:
             return _fail(args.output, list(e.errors), "the manifest is invalid", e.as_dicts())
     try:
-        report, code = status.collect(Paths(state_dir=args.state_dir, runtime_dir=args.runtime_dir), m)
+        report, code = status.collect(_paths(args), m)
     except NsproxyError as e:
         return _fail(args.output, [str(e)])
     if args.output == "json":
@@ -299,7 +305,7 @@ def _status(args: argparse.Namespace) -> int:
 def _stop(args: argparse.Namespace) -> int:
     from . import broker_control, daemon_control
 
-    paths = Paths(state_dir=args.state_dir, runtime_dir=args.runtime_dir)
+    paths = _paths(args)
     current = daemon_control.status(paths)
     if not current.running:
         print(f"nsproxyd is not running ({paths.pidfile})")
@@ -317,6 +323,10 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 # -- output helpers --------------------------------------------------------------------------------
+
+
+def _paths(args: argparse.Namespace) -> Paths:
+    return Paths(state_dir=args.state_dir, runtime_dir=args.runtime_dir)
 
 
 def _fail(output: str, errors: list[str], note: str | None = None, problems: list[dict[str, Any]] | None = None) -> int:

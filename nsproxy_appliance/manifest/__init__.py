@@ -47,19 +47,24 @@ __all__ = [
 _UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
 
 
-def load(path: str | os.PathLike[str], *, check_files: bool = False) -> Manifest:
+def load(
+    path: str | os.PathLike[str], *, check_files: bool = False, reader: tlsfiles.DaemonUser | None = None
+) -> Manifest:
     """Read and validate the manifest at `path` (at most MAX_BYTES, UTF-8); `check_files`: also the
-    TLS files it names (plan and apply do, `nsproxy validate` does not)."""
+    TLS files it names (plan and apply do, `nsproxy validate` does not), and that `reader`, the
+    daemon's user, can read them."""
     path = os.fspath(path)
     try:
         f = open(path, "rb")  # noqa: SIM115  # closed below; open's errors are told apart from read's
     except OSError as e:
         raise ManifestError(path, [Problem(1, 1, (), f"cannot read the manifest: {e.strerror or e}")]) from None
     with f:
-        return read(f, path, check_files=check_files)
+        return read(f, path, check_files=check_files, reader=reader)
 
 
-def read(stream: BinaryIO, filename: str, *, check_files: bool = False) -> Manifest:
+def read(
+    stream: BinaryIO, filename: str, *, check_files: bool = False, reader: tlsfiles.DaemonUser | None = None
+) -> Manifest:
     """Read and validate a manifest from a binary stream (standard input: `nsproxy validate -`);
     `filename` names it in errors, e.g. "<stdin>"."""
     try:
@@ -68,7 +73,7 @@ def read(stream: BinaryIO, filename: str, *, check_files: bool = False) -> Manif
         raise ManifestError(filename, [Problem(1, 1, (), f"cannot read the manifest: {e.strerror or e}")]) from None
     if len(data) > MAX_BYTES:
         raise ManifestError(filename, [Problem(1, 1, (), f"the manifest is larger than {_mib(MAX_BYTES)}")])
-    return parse(_decode(filename, data), filename, check_files=check_files)
+    return parse(_decode(filename, data), filename, check_files=check_files, reader=reader)
 
 
 def _decode(path: str, data: bytes) -> str:
@@ -89,7 +94,9 @@ def _mib(size: int) -> str:
     return f"{size // (1024 * 1024)} MiB"
 
 
-def parse(text: str, filename: str = "<memory>", *, check_files: bool = False) -> Manifest:
+def parse(
+    text: str, filename: str = "<memory>", *, check_files: bool = False, reader: tlsfiles.DaemonUser | None = None
+) -> Manifest:
     """Validate manifest `text`; `filename` is used in error messages and as Manifest.source.
 
     Raises ManifestError, and nothing else, for any text.
@@ -98,7 +105,7 @@ def parse(text: str, filename: str = "<memory>", *, check_files: bool = False) -
         raise ManifestError(filename, [Problem(1, 1, (), f"the manifest is larger than {_mib(MAX_BYTES)}")])
     try:
         with _gc_paused():
-            return _parse(text, filename, check_files)
+            return _parse(text, filename, check_files, reader)
     except ManifestError:
         raise
     except Exception as e:  # a bug in nsproxy: still an error message, never a traceback
@@ -119,13 +126,13 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _parse(text: str, filename: str, check_files: bool) -> Manifest:
+def _parse(text: str, filename: str, check_files: bool, reader: tlsfiles.DaemonUser | None) -> Manifest:
     try:
         source, problems = _load_yaml(text)
     except YamlError as e:
         raise ManifestError(filename, e.problems) from None
     schema_problems = validation.validate(source)
-    builder = build.Builder(source, schema_problems, tlsfiles.FileChecker() if check_files else None)
+    builder = build.Builder(source, schema_problems, tlsfiles.FileChecker(reader=reader) if check_files else None)
     manifest = builder.build()
     problems += schema_problems + builder.problems
     if problems or manifest is None:

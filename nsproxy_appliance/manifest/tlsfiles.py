@@ -3,7 +3,8 @@
 `nsproxy validate` runs without them (no root, the files are usually not there in CI); nsproxy-apply
 and `nsproxy plan` read every file once per run and report, for the field that names it: a file that
 is missing or unreadable, PEM that does not parse, a chain out of order, a key that is not the
-certificate's, a certificate that expired or is not valid yet, a key file others may read. A
+certificate's, a certificate that expired or is not valid yet, a key file others may read, a file the user nsproxyd
+runs as cannot read (tried as that user: the daemon reads them itself, after dropping root). A
 certificate that expires within EXPIRY_WARNING is a warning, not an error. What was read is summed
 up in a digest: the runtime config carries it, so replacing a file changes that tenant's config
 entry, which is how the plan shows a rotation and the daemon picks it up.
@@ -54,13 +55,52 @@ class FileError(Exception):
     """A file cannot be used; str() says why."""
 
 
-class FileChecker:
-    """Reads and checks TLS files, each once per run (many tenants may share one certificate)."""
+@dataclass(frozen=True)
+class DaemonUser:
+    """The user nsproxyd reads the TLS files as, when that is not root."""
 
-    def __init__(self, now: datetime.datetime | None = None) -> None:
+    name: str
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()  # supplementary groups: none when nsproxy-apply starts it (privilege.drop)
+    hidden: tuple[str, ...] = ()  # directories its systemd unit hides from it (PrivateTmp=, ProtectHome=)
+
+    def cannot_read(self, path: str) -> str | None:
+        """Why this user cannot open `path` (strerror), or None. Tried in a child that becomes the
+        user: permission bits, ACLs, the directories above and any LSM all answer as for nsproxyd."""
+        real = os.path.realpath(path)
+        for top in self.hidden:
+            if real == top or real.startswith(top + "/"):
+                return f"its unit hides {top} from it (PrivateTmp=, ProtectHome=); keep TLS files in /etc/nsproxy"
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child; its exit status is the answer)
+            code = 255
+            try:
+                os.setgroups(list(self.groups))
+                os.setresgid(self.gid, self.gid, self.gid)
+                os.setresuid(self.uid, self.uid, self.uid)
+                os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC))
+                code = 0
+            except OSError as e:
+                code = e.errno or 255
+            finally:
+                os._exit(code)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        if code == 0:
+            return None
+        return os.strerror(code) if 0 < code < 255 else f"the check as {self.name} failed (status {code})"
+
+
+class FileChecker:
+    """Reads and checks TLS files, each once per run (many tenants may share one certificate).
+    `reader`: the daemon's user, who must be able to read them too (None: the daemon runs as root)."""
+
+    def __init__(self, now: datetime.datetime | None = None, reader: DaemonUser | None = None) -> None:
         self.now = now or datetime.datetime.now(datetime.UTC)
+        self.reader = reader
         self._pairs: dict[tuple[str, str], Checked] = {}
         self._bundles: dict[str, Checked] = {}
+        self._unreadable: dict[str, str | None] = {}
 
     # -- a certificate chain and its key -------------------------------------------------------
     def certificate(self, cert_path: str, key_path: str) -> Checked:
@@ -76,11 +116,13 @@ class FileChecker:
         try:
             cert_data = read(cert_path, "certificate")
             chain = parse_chain(cert_data, cert_path)
+            self._check_reader(cert_path, "certificate")
         except FileError as e:
             out.findings.append(Finding("cert", "error", str(e)))
         try:
             key_data = read(key_path, "key", private=True)
             private_key = parse_key(key_data, key_path)
+            self._check_reader(key_path, "key")
         except FileError as e:
             out.findings.append(Finding("key", "error", str(e)))
         if chain is None:
@@ -129,11 +171,32 @@ class FileChecker:
             try:
                 data = read(path, "CA certificate")
                 out.chain = parse_chain(data, path)
+                self._check_reader(path, "CA certificate")
                 out.digest = digest(data)
             except FileError as e:
                 out.findings.append(Finding("ca", "error", str(e)))
             self._bundles[path] = out
         return self._bundles[path]
+
+    def _check_reader(self, path: str, what: str) -> None:
+        """FileError when the daemon's user cannot read a file root could (plan runs as root)."""
+        user = self.reader
+        if user is None:
+            return
+        if path not in self._unreadable:
+            self._unreadable[path] = user.cannot_read(path)
+        reason = self._unreadable[path]
+        if reason is None:
+            return
+        fix = (
+            f"make {user.name} its owner (chown {user.name} {path}; the mode stays 600)"
+            if what == "key"
+            else f"let {user.name} read it"
+        )
+        raise FileError(
+            f"{what} file {path} cannot be read by {user.name} (uid {user.uid}), the user nsproxyd runs as: "
+            f"{reason}; {fix}, and let it search the directories above it"
+        )
 
 
 def read(path: str, what: str, *, private: bool = False) -> bytes:

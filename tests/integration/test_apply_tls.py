@@ -5,6 +5,8 @@ tenant only and the apply serves without dropping an established connection."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,7 @@ from support import run_cli
 from support.tlscerts import Pki
 from tls_harness import TlsKeepAlive, client_context, tls_get
 
-from nsproxy_appliance import daemon_control, netns
+from nsproxy_appliance import broker_control, daemon_control, netns
 
 pytestmark = pytest.mark.root
 
@@ -73,3 +75,29 @@ def test_plan_checks_the_files_and_a_rotation_changes_one_tenant(cli, unique, ec
     assert tls_get(netns.named_path(b), 8443, ctx).serial == cert_b.serial
     long_lived.close()
     assert Path(cert_a.cert).exists()
+
+
+def test_plan_checks_the_files_as_the_user_the_daemon_will_run_as(cli, unique, echo, monkeypatch):
+    """Plan runs as root; a key only root can read would pass it and fail in an unprivileged daemon."""
+    root = tempfile.mkdtemp(prefix="nsproxy-tls-", dir="/var/tmp")
+    try:
+        os.chmod(root, 0o755)
+        pki = Pki(Path(root) / "pki")
+        os.chmod(pki.dir, 0o755)
+        cert = pki.server("a")
+        os.chmod(cert.cert, 0o644)
+        m = cli.manifest([tls_tenant(unique("a"), echo.url, cert)])
+        monkeypatch.setenv(broker_control.ENV_DAEMON_USER, "nobody")
+        bad = cli.run(m, "--check", daemon=True)
+        assert bad.rc == 1 and len(bad.data["errors"]) == 1, bad.data
+        error = bad.data["errors"][0]
+        assert "$.tenants[0].listen[1].tls.certificates[0].key: " in error
+        assert "cannot be read by nobody (uid 65534), the user nsproxyd runs as: Permission denied" in error
+        # 2: valid, changes pending (the tenant is new)
+        no_daemon = cli.run(m, "--check")  # --no-daemon: nothing will read the files
+        assert no_daemon.rc == 2 and not no_daemon.data["errors"], no_daemon.data
+        monkeypatch.delenv(broker_control.ENV_DAEMON_USER)
+        as_root = cli.run(m, "--check", daemon=True)  # a root daemon reads them
+        assert as_root.rc == 2 and not as_root.data["errors"], as_root.data
+    finally:
+        shutil.rmtree(root, ignore_errors=True)

@@ -7,7 +7,10 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import shutil
+import tempfile
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from support.tlscerts import CertFiles, Pki, new_key, write_key
 
 from nsproxy_appliance import manifest
 from nsproxy_appliance.manifest import ManifestError
+from nsproxy_appliance.manifest.tlsfiles import DaemonUser
 from nsproxy_appliance.model import Certificate, ListenTls, TenantTls, UpstreamTls
 
 
@@ -346,3 +350,80 @@ def test_a_shared_certificate_is_read_once_and_reported_for_each_tenant(pki, mon
     reads.clear()
     found = errors(text)
     assert len(found) == 20 and all("mode 0644" in e for e in found)
+
+
+# ---- read as the daemon's user (plan runs as root, nsproxyd does not) ----------------------------
+
+NOBODY = DaemonUser("nobody", 65534, 65534)
+
+
+@pytest.fixture
+def open_pki() -> Iterator[Pki]:
+    """A Pki in a fresh directory every user may search (tmp_path's parents are root's 0700)."""
+    root = tempfile.mkdtemp(prefix="nsproxy-tls-", dir="/var/tmp")
+    os.chmod(root, 0o755)
+    try:
+        pki = Pki(Path(root) / "pki")
+        os.chmod(pki.dir, 0o755)
+        yield pki
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def reader_errors(text: str, reader: DaemonUser) -> list[str]:
+    with pytest.raises(ManifestError) as info:
+        manifest.parse(text, "t.yaml", check_files=True, reader=reader)
+    return info.value.errors
+
+
+@pytest.mark.root
+def test_a_key_root_owns_is_an_error_when_the_daemon_runs_as_another_user(open_pki):
+    files = open_pki.server("acme")
+    os.chmod(files.cert, 0o644)
+    os.chmod(open_pki.ca_file, 0o644)
+    found = reader_errors(doc(certs(files)), NOBODY)
+    assert len(found) == 1, found
+    assert re.match(r"t\.yaml:8:\d+: \$\.tenants\[0\]\.listen\[1\]\.tls\.certificates\[0\]\.key: ", found[0]), found
+    assert f"key file {files.key} cannot be read by nobody (uid 65534), the user nsproxyd runs as: " in found[0]
+    assert "Permission denied" in found[0] and f"chown nobody {files.key}" in found[0]
+    # the same files with a root daemon, and with the key given to the daemon's user: no error
+    assert manifest.parse(doc(certs(files)), "t.yaml", check_files=True).tenants[0].name == "acme"
+    os.chown(files.key, NOBODY.uid, NOBODY.gid)
+    assert manifest.parse(doc(certs(files)), "t.yaml", check_files=True, reader=NOBODY).tenants[0].name == "acme"
+
+
+@pytest.mark.root
+def test_a_certificate_and_a_ca_bundle_the_daemons_user_cannot_read_are_errors_at_their_fields(open_pki):
+    files = open_pki.server("acme")
+    os.chown(files.key, NOBODY.uid, NOBODY.gid)
+    os.chmod(files.cert, 0o600)  # root's only
+    os.chmod(open_pki.ca_file, 0o600)
+    found = reader_errors(doc(certs(files, client_ca=open_pki.ca_file)), NOBODY)
+    assert len(found) == 2, found
+    cert_error = next(e for e in found if ".certificates[0].cert: " in e)
+    ca_error = next(e for e in found if ".client_ca: " in e)
+    assert f"certificate file {files.cert} cannot be read by nobody" in cert_error
+    assert "let nobody read it" in cert_error
+    assert f"CA certificate file {open_pki.ca_file} cannot be read by nobody" in ca_error
+
+
+@pytest.mark.root
+def test_a_directory_the_daemons_user_cannot_search_is_found(open_pki):
+    files = open_pki.server("acme")
+    os.chown(files.key, NOBODY.uid, NOBODY.gid)
+    os.chmod(files.cert, 0o644)
+    os.chmod(open_pki.dir, 0o700)  # the files are readable, the directory holding them is not searchable
+    found = reader_errors(doc(certs(files)), NOBODY)
+    assert len(found) == 2 and all("Permission denied" in e for e in found), found
+
+
+@pytest.mark.root
+def test_files_the_daemons_unit_hides_are_errors(pki):
+    hidden = DaemonUser("nobody", 65534, 65534, hidden=(str(pki.dir.parent),))
+    files = pki.server("acme")
+    found = reader_errors(doc(certs(files)), hidden)
+    assert len(found) == 2, found
+    assert all(f"its unit hides {pki.dir.parent} from it" in e for e in found), found
+    # a sibling's name is not inside it: tried as the user (root's 0700 tmp_path: denied)
+    sibling = DaemonUser("nobody", 65534, 65534, hidden=(str(pki.dir) + "x",))
+    assert sibling.cannot_read(files.key) == "Permission denied"
