@@ -307,15 +307,14 @@ def _stop(args: argparse.Namespace) -> int:
 
     paths = _paths(args)
     current = daemon_control.status(paths)
+    # a broker outlives a daemon that died or never started: without --keep-listeners it goes too
+    broker = None if args.keep_listeners else broker_control.running_pid(paths)
+    stopped = daemon_control.stop(paths, timeout=args.timeout, keep_broker=args.keep_listeners)
     if not current.running:
         print(f"nsproxyd is not running ({paths.pidfile})")
-        # a broker outlives a daemon that died or never started: without --keep-listeners it goes too
-        broker = None if args.keep_listeners else broker_control.running_pid(paths)
         if broker is not None:
-            stopped = broker_control.stop(paths, timeout=args.timeout)
             print(f"nsproxy-broker (pid {broker}) {'stopped' if stopped else 'killed'}")
-        return EXIT_OK
-    if daemon_control.stop(paths, timeout=args.timeout, keep_broker=args.keep_listeners):
+    elif stopped:
         print(f"nsproxyd (pid {current.pid}) stopped")
     else:
         print(f"nsproxyd (pid {current.pid}) did not exit within {args.timeout:g} s after SIGTERM: killed")

@@ -16,9 +16,9 @@ import sys
 import pytest
 from broker_harness import BlockingClient, sockets_of, start_broker
 from daemon_harness import refused_in, tenant, write_config
-from support import wait_until
+from support import run_cli, wait_until
 
-from nsproxy_appliance import netns
+from nsproxy_appliance import broker_control, netns
 
 pytestmark = pytest.mark.root
 
@@ -210,3 +210,20 @@ def test_a_config_others_could_have_written_is_not_used(two_tenants, brokers, se
     for s in sockets_of(fds):
         s.close()
     assert reply["ok"], reply
+
+
+def test_nsproxy_stop_without_a_daemon_stops_the_broker_unless_told_to_keep_the_listeners(two_tenants, brokers):
+    """A broker outlives a daemon that died: `nsproxy stop` takes it down too, `--keep-listeners` keeps it."""
+    paths, _, _ = two_tenants
+    brokers.append(broker := start_broker(paths))
+    dirs = ["--state-dir", paths.state_dir, "--runtime-dir", paths.runtime_dir]
+    kept = run_cli("nsproxy", "stop", "--keep-listeners", *dirs)
+    assert kept.returncode == 0 and kept.stdout == f"nsproxyd is not running ({paths.pidfile})\n", kept
+    assert broker.proc.poll() is None and broker_control.answers(paths)
+    stopped = run_cli("nsproxy", "stop", *dirs)
+    assert stopped.returncode == 0, stopped
+    assert stopped.stdout.splitlines() == [
+        f"nsproxyd is not running ({paths.pidfile})",
+        f"nsproxy-broker (pid {broker.proc.pid}) stopped",
+    ]
+    assert broker.proc.wait(timeout=10) == 0 and not broker_control.answers(paths)
