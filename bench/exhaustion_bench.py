@@ -49,6 +49,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import nginx_upstream
+
 from nsproxy_appliance import netns, runtime_config
 from nsproxy_appliance.model import DaemonSettings, Limits, Listen, Manifest, NetnsRef, Tenant, Upstream
 
@@ -190,39 +192,17 @@ def start_nginx(procs: Procs, workdir: str, port: int) -> None:
         f.write("quiet tenant's small response, about a hundred bytes long..............................\n")
     with open(os.path.join(files, "big"), "wb") as f:
         f.truncate(256 << 20)  # sparse: costs no disk
-    conf = os.path.join(workdir, "nginx.conf")
-    temp = {k: os.path.join(workdir, k) for k in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    with open(conf, "w") as f:
-        f.write(
-            f"""user root;
-worker_processes 1;
-daemon off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/nginx-error.log warn;
-events {{ worker_connections 8192; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    client_body_timeout 120s;
-    client_body_temp_path {temp["body"]};
-    proxy_temp_path {temp["proxy"]};
-    fastcgi_temp_path {temp["fastcgi"]};
-    uwsgi_temp_path {temp["uwsgi"]};
-    scgi_temp_path {temp["scgi"]};
-    default_type application/octet-stream;
-    sendfile on;
-    sendfile_max_chunk 256k;  # one worker serves both tenants: a big file must not monopolise it
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        root {files};
-        location = /small {{ }}
-        location = /big {{ }}
-        location /upload/ {{ dav_methods PUT; create_full_put_path on; client_max_body_size 0; }}
-    }}
-}}
-"""
-        )
+    conf = nginx_upstream.write_conf(
+        workdir,
+        port,
+        files,
+        "        location = /small { }\n"
+        "        location = /big { }\n"
+        "        location /upload/ { dav_methods PUT; create_full_put_path on; client_max_body_size 0; }\n",
+        worker_connections=8192,
+        extra_http="    client_body_timeout 120s;\n"
+        "    sendfile_max_chunk 256k;  # one worker serves both tenants: a big file must not monopolise it\n",
+    )
     procs.start(
         ["taskset", "-c", CLIENT_CPU, "nginx", "-c", conf, "-p", workdir],
         stderr=subprocess.DEVNULL,

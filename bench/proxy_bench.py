@@ -45,6 +45,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import nginx_upstream
+
 from nsproxy_appliance import netns, runtime_config
 from nsproxy_appliance.model import DaemonSettings, Listen, Manifest, NetnsRef, Tenant, Upstream
 
@@ -152,36 +154,8 @@ def start_nginx(procs: Procs, workdir: str, port: int) -> None:
         f.write(os.urandom(1 << 20))
     with open(os.path.join(files, "small"), "w") as f:
         f.write(SMALL_BODY)
-    conf = os.path.join(workdir, "nginx.conf")
-    temp = {k: os.path.join(workdir, k) for k in ("body", "proxy", "fastcgi", "uwsgi", "scgi")}
-    with open(conf, "w") as f:
-        f.write(
-            f"""user root;
-worker_processes 1;
-daemon off;
-pid {workdir}/nginx.pid;
-error_log {workdir}/nginx-error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    keepalive_timeout 75s;
-    client_body_temp_path {temp["body"]};
-    proxy_temp_path {temp["proxy"]};
-    fastcgi_temp_path {temp["fastcgi"]};
-    uwsgi_temp_path {temp["uwsgi"]};
-    scgi_temp_path {temp["scgi"]};
-    default_type application/octet-stream;
-    sendfile on;
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        root {files};
-        location = /small {{ }}
-        location = /1m {{ }}
-    }}
-}}
-"""
-        )
+    locations = "        location = /small { }\n        location = /1m { }\n"
+    conf = nginx_upstream.write_conf(workdir, port, files, locations, worker_connections=4096)
     procs.start(["taskset", "-c", "1", "nginx", "-c", conf, "-p", workdir], stderr=subprocess.DEVNULL)
     wait_http(None, port)
 
@@ -260,18 +234,25 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
+def _wrk_field(pattern: str, out: str) -> str:
+    found = re.search(pattern, out, re.M)
+    if found is None:
+        raise RuntimeError(f"wrk printed no {pattern!r}:\n{out[-2000:]}")
+    return found.group(1)
+
+
 def parse_wrk(out: str) -> Result:
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))  # type: ignore[union-attr]
+    rps = float(_wrk_field(r"Requests/sec:\s+([\d.]+)", out))
+    p50 = _ms(_wrk_field(r"^\s+50%\s+(\S+)", out))
+    p99 = _ms(_wrk_field(r"^\s+99%\s+(\S+)", out))
     t = re.search(r"Transfer/sec:\s+([\d.]+)(B|KB|MB|GB)", out)
     transfer = float(t.group(1)) * _BYTES[t.group(2)] if t else 0.0
     errors = 0
     for m in re.finditer(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out):
         errors += sum(int(x) for x in m.groups())
-    m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    if m:
-        errors += int(m.group(1))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if non_2xx:
+        errors += int(non_2xx.group(1))
     total = re.search(r"(\d+) requests in", out)
     return Result(rps, p50, p99, transfer, errors, int(total.group(1)) if total else 0)
 

@@ -39,7 +39,9 @@ RESPONSE = (
 
 
 class FakeTransport:
-    """Just enough of an asyncio transport: writes are kept (and dropped every 1000 requests)."""
+    """Just enough of an asyncio transport: writes are kept (and dropped every 1000 requests).
+    Not tests/unit/protocol_fakes.FakeTransport: that one copies and checks every write, a cost
+    this measurement would count as the data plane's."""
 
     def __init__(self) -> None:
         self.out: list[bytes] = []
