@@ -147,7 +147,10 @@ class UpstreamConnection(LazyTimer):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        was_idle = self.owner is None and self.sink is None and not self.closed
+        # Not `and not self.closed`: a pooled connection that aborted itself (bytes nobody asked
+        # for, e.g. a 408 before the upstream closes) is closed but still in the pool's idle list.
+        # forget() only counts it out of the fd budget when it really was there.
+        was_idle = self.owner is None and self.sink is None
         self.closed = True
         self.parser = None  # type: ignore[assignment]  # break the connection <-> parser cycle
         self.pool.forget(self, was_idle)

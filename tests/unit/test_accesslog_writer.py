@@ -98,3 +98,37 @@ def test_reopen_after_rotation(tmp_path):
     asyncio.run(run())
     assert [json.loads(x)["n"] for x in rotated.read_text().splitlines()] == [1, 2]
     assert [json.loads(x)["n"] for x in path.read_text().splitlines()] == [3]
+
+
+def test_every_record_is_one_json_line_with_the_time_first(tmp_path):
+    """What the data plane logs (strings from the wire decoded as latin-1: quotes, backslashes,
+    control characters, bytes 0x80-0xff), what orjson refuses (a lone surrogate, an int key, a huge
+    int) and an empty record: each one line of valid JSON, its time first, the values intact."""
+    path = tmp_path / "access.log"
+    records = [
+        {"tenant": "acme", "path": '/a"b\\c\x01\x7f', "host": "caf\xe9", "status": 200, "duration": 0.000123},
+        {"tenant": "acme", "user_agent": None, "upstream_status": None, "bytes": 0},
+        {"odd": "\ud800"},
+        {1: "int key"},
+        {"big": 1 << 70},
+        {"other": object()},
+        {},
+        {"time": "given", "n": 1},
+    ]
+
+    async def run() -> None:
+        log = AccessLog(str(path), asyncio.get_running_loop())
+        for record in records:
+            log(record)
+        log.close()
+
+    asyncio.run(run())
+    lines = path.read_bytes().split(b"\n")
+    assert lines[-1] == b"" and len(lines) == len(records) + 1
+    parsed = [json.loads(line) for line in lines[:-1]]
+    for record, got in zip(records[:2], parsed[:2], strict=True):
+        assert next(iter(got)) == "time" and {k: v for k, v in got.items() if k != "time"} == record
+    assert parsed[2]["odd"] == "\ud800" and parsed[3]["1"] == "int key" and parsed[4]["big"] == 1 << 70
+    assert parsed[5]["other"].startswith("<object object")
+    assert list(parsed[6]) == ["time"] and parsed[7] == {"time": "given", "n": 1}
+    assert all(len(p["time"]) == 24 and p["time"].endswith("Z") for p in parsed[:7])

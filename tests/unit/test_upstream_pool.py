@@ -18,7 +18,7 @@ from nsproxy_appliance.daemon import upstream as upstream_module
 from nsproxy_appliance.daemon.context import TenantContext
 from nsproxy_appliance.daemon.fdbudget import FdBudget
 from nsproxy_appliance.daemon.upstream import UpstreamConnection, UpstreamPool, pool_for
-from nsproxy_appliance.model import Upstream
+from nsproxy_appliance.model import Upstream, UpstreamTls
 from nsproxy_appliance.netns import NetnsIdentity
 
 HTTP = Upstream(kind="http", host="127.0.0.1", port=9000, url="http://127.0.0.1:9000")
@@ -290,3 +290,47 @@ def test_a_from_tenant_pool_follows_the_namespace(no_netns, monkeypatch):
 def test_only_an_http_upstream_from_the_tenant_uses_the_tenant_netns(up):
     ctx = _ctx(upstream=up)
     assert _pool_for(ctx).netns_path is None and _pool_for(ctx).netns_identity is None
+
+
+# -- opening connections: the tenant's socket broker, TLS from the tenant netns ------------------
+HTTPS_FROM_TENANT = Upstream(
+    kind="http", host="up.test", port=443, from_ns="tenant", url="https://up.test", tls=UpstreamTls(ca="/ca.pem")
+)
+
+
+class TlsOpeningLoop(OpeningLoop):
+    """OpeningLoop whose create_connection also records the TLS arguments it is given."""
+
+    async def create_connection(self, factory: Any, host: Any = None, port: Any = None, *, sock: Any = None, **kw: Any):
+        self.opened.append(("tcp", host, port, sock, kw))
+        return self._made(factory)
+
+
+def test_an_https_upstream_from_the_tenant_netns_is_dialled_over_that_socket_with_tls(no_netns, monkeypatch):
+    context = object()
+    monkeypatch.setattr(upstream_module, "client_context", lambda settings: context)
+    loop = TlsOpeningLoop()
+    pool = UpstreamPool(HTTPS_FROM_TENANT, "/run/netns/t1", budget=FdBudget(limit=1000), loop=loop)  # type: ignore[arg-type]  # the fake loop
+    conn = asyncio.run(pool.connect(5.0))
+    ((_, _, sock),) = no_netns
+    assert loop.opened == [
+        ("sock_connect", sock, ("up.test", 443)),
+        ("tcp", None, None, sock, {"ssl": context, "server_hostname": "up.test"}),
+    ]
+    assert conn.pool is pool and pool.opened == 1 and not sock.closed
+
+
+def test_a_socket_from_the_tenant_netns_comes_from_the_broker_when_there_is_one(no_netns, monkeypatch):
+    asked: list[tuple[str, int]] = []
+    brokered = FakeSocket(socket.AF_INET6)
+
+    async def tenant_sockets(path: str, family: int) -> FakeSocket:
+        asked.append((path, family))
+        return brokered
+
+    monkeypatch.setattr(upstream_module, "tenant_sockets", tenant_sockets)
+    up = Upstream(kind="http", host="fd00::1", port=80, from_ns="tenant", url="http://[fd00::1]")
+    pool, loop = _opening_pool(up, "/run/netns/t1")
+    asyncio.run(pool.connect(5.0))
+    assert asked == [("/run/netns/t1", socket.AF_INET6)] and no_netns == []  # not made here
+    assert loop.opened == [("sock_connect", brokered, ("fd00::1", 80)), ("tcp", None, None, brokered)]
