@@ -204,6 +204,7 @@ class ProxyProtocol(LazyTimer):
         self._phase = _HEAD
         self._phase_since = 0.0
         self._head_raw = 0
+        self._head_size_unknown = False  # a head that began mid-read: its bytes so far are not known
         self._read_len = 0
         self._data = b""  # the read being parsed
         self._msgs_in_read = 0  # requests completed in it so far
@@ -343,7 +344,6 @@ class ProxyProtocol(LazyTimer):
         if self._phase == _IDLE:
             self._phase = _HEAD
             self._phase_since = self._time()
-        before = self._parsing
         self._read_len = len(data)
         self._data = data
         self._msgs_in_read = 0
@@ -375,11 +375,17 @@ class ProxyProtocol(LazyTimer):
             # A head is still incomplete. If it was already under way, or no message was, this
             # whole read is head bytes (httptools buffers them internally, so bound them here).
             policy = self.ctx.policy
-            if before is None or before is ex:
+            if not self._msgs_in_read:  # it began this read, or an earlier one
                 self._head_raw += len(data)
                 if self._head_raw > policy.max_header_bytes:
                     self._parse_error(431, "request head too large")
                     return
+            else:
+                # It began after the end of another request in this read, at an offset httptools
+                # does not tell: count what it parsed so far (at least 1, so that the next read is
+                # not taken to begin with its request line), and size it exactly when it completes.
+                self._head_raw = 1 + len(ex.url) + sum(len(n) + len(v) + 4 for n, v in ex.headers)
+                self._head_size_unknown = True
             if self._phase == _HEAD:
                 self._arm(self._phase_since + policy.header_timeout)
 
@@ -411,6 +417,7 @@ class ProxyProtocol(LazyTimer):
             self._parsing = ex = Exchange(self, url)
             ex.method = self.parser.get_method()  # type: ignore[union-attr]  # known once the URL starts
             self._head_raw = 0
+            self._head_size_unknown = False
         else:
             ex.url += url
 
@@ -436,7 +443,7 @@ class ProxyProtocol(LazyTimer):
         ex.keep_alive = parser.should_keep_alive()
         policy = self.ctx.policy
         headers = ex.headers
-        if self._head_raw + self._read_len > policy.max_header_bytes and (
+        if (self._head_raw + self._read_len > policy.max_header_bytes or self._head_size_unknown) and (
             len(ex.url) + sum(len(n) + len(v) + 4 for n, v in headers) > policy.max_header_bytes
         ):  # (a head that came in reads smaller than the limit cannot be over it)
             raise Refused(431, "request head too large")
