@@ -86,6 +86,17 @@ class FakeLoop:
         self.run_ready()
 
 
+class FakeSSLObject:
+    """What transport.get_extra_info("ssl_object") gives after a handshake: the client's certificate."""
+
+    def __init__(self, der: bytes | None) -> None:
+        self.der = der
+
+    def getpeercert(self, binary_form: bool = False) -> bytes | None:
+        assert binary_form
+        return self.der
+
+
 class FakeTransport:
     def __init__(self, loop: FakeLoop, peer: tuple[str, int], local: tuple[str, int]) -> None:
         self.loop = loop

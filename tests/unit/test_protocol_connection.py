@@ -14,7 +14,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from fresh_caches import fresh_dataplane_caches  # noqa: F401  (fixture)
-from protocol_fakes import FakeLoop, FakePool, FakeTransport, Wire, tenant
+from protocol_fakes import FakeLoop, FakePool, FakeSSLObject, FakeTransport, Wire, tenant
 from support.tlscerts import Pki
 
 from nsproxy_appliance.daemon.context import TenantContext
@@ -31,17 +31,6 @@ CHUNKED_OK = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0
 OK_TO_HTTP10 = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nok"  # CHUNKED_OK as an HTTP/1.0 client gets it
 TLS = ListenTls(certificates=(Certificate("/c.pem", "/k.pem", ()),))
 MTLS = ListenTls(certificates=TLS.certificates, client_ca="/clients.pem")
-
-
-class FakeSSLObject:
-    """What transport.get_extra_info("ssl_object") gives after a handshake: the client's certificate."""
-
-    def __init__(self, der: bytes | None) -> None:
-        self.der = der
-
-    def getpeercert(self, binary_form: bool = False) -> bytes | None:
-        assert binary_form
-        return self.der
 
 
 class CountingParser(httptools.HttpRequestParser):

@@ -10,6 +10,7 @@ import ssl
 from pathlib import Path
 
 import pytest
+from protocol_fakes import FakeSSLObject
 from support import tenant
 from support.tlscerts import Pki
 
@@ -216,15 +217,6 @@ def test_the_gate_admits_against_the_tenants_limit_and_the_fd_budget():
 
 
 # ---- client certificate headers -------------------------------------------------------------------
-
-
-class FakeSSLObject:
-    def __init__(self, der: bytes | None) -> None:
-        self.der = der
-
-    def getpeercert(self, binary_form: bool = False) -> bytes | None:
-        assert binary_form
-        return self.der
 
 
 def test_client_certificate_lines_escape_what_could_inject_a_header(pki):
