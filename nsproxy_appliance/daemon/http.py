@@ -377,15 +377,15 @@ class ProxyProtocol(LazyTimer):
             policy = self.ctx.policy
             if not self._msgs_in_read:  # it began this read, or an earlier one
                 self._head_raw += len(data)
-                if self._head_raw > policy.max_header_bytes:
-                    self._parse_error(431, "request head too large")
-                    return
             else:
                 # It began after the end of another request in this read, at an offset httptools
                 # does not tell: count what it parsed so far (at least 1, so that the next read is
                 # not taken to begin with its request line), and size it exactly when it completes.
                 self._head_raw = 1 + len(ex.url) + sum(len(n) + len(v) + 4 for n, v in ex.headers)
                 self._head_size_unknown = True
+            if self._head_raw > policy.max_header_bytes:
+                self._parse_error(431, "request head too large")
+                return
             if self._phase == _HEAD:
                 self._arm(self._phase_since + policy.header_timeout)
 
@@ -394,8 +394,9 @@ class ProxyProtocol(LazyTimer):
         with it (nearly always); None otherwise. httptools' get_http_version formats a str each call,
         which costs more than the rest of the request line handling together."""
         data = self._data
-        if self._head_raw or self._msgs_in_read or data[:1] in (b"\r", b"\n"):
+        if self._head_raw or self._msgs_in_read:
             return None
+        # CR and LF before a request line (llhttp skips them): the first CRLF is at 0 or ends it
         end = data.find(b"\r\n")
         if end < 8 or data[end - 8 : end - 3] != b"HTTP/":  # llhttp accepted the line: it ends so
             return None

@@ -208,6 +208,37 @@ def test_a_pipelined_head_that_begins_after_a_body_is_held_to_max_header_bytes(s
     assert wire.upstream.data().count(b"GET /b") == 0
 
 
+@pytest.mark.parametrize(("value_bytes", "refused_at_once"), [(51, False), (52, True)], ids=["at-limit", "over"])
+def test_what_a_head_begun_after_a_body_has_parsed_counts_at_once(value_bytes: int, refused_at_once: bool) -> None:
+    """A head that began after the body before it, cut just after a header line: the URL and that
+    header count at once (1 + 2 + 6 + value + 4 against max_header_bytes 64), so one over the limit
+    is refused without waiting for more; the 431 follows the response to the request before it."""
+    wire = ConnWire(max_header_bytes=64)
+    wire.send(b"POST /a HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n")
+    wire.send(b"abcGET /b HTTP/1.1\r\nX-Long: " + b"v" * value_bytes + b"\r\nX")
+    wire.respond(OK)
+    assert wire.client.data() == (OK + error_response(431) if refused_at_once else OK)
+    wire.send(b"-B: 1\r\n\r\n")  # complete: its exact size is over the limit either way
+    assert wire.client.data() == (b"" if refused_at_once else error_response(431))
+    assert wire.client.closing
+    assert wire.upstream.data().count(b"GET /b") == 0
+
+
+def test_a_read_that_begins_with_crlf_takes_the_version_from_the_parser() -> None:
+    """The first CRLF of a read that begins with one is at 0: not a request line's end, whatever
+    the read's last bytes look like (here the start of a bad next request, `HTTP/1.1`)."""
+    wire = ConnWire()
+    wire.send(GET % b"a")
+    wire.respond(OK)
+    wire.send(b"\r\nGET /b HTTP/1.1\r\nHost: b\r\n\r\nHTTP/1.1")
+    wire.respond(OK)
+    assert wire.client.data() == OK + OK + error_response(400)
+    assert [(entry["path"], entry["http_version"], entry["status"]) for entry in wire.log][:2] == [
+        ("/a", "1.1", 200),
+        ("/b", "1.1", 200),
+    ]
+
+
 def test_a_head_split_after_a_whole_request_in_the_same_read_is_not_charged_for_that_request() -> None:
     """The read holds all of POST /a (a 200-byte body) and the start of GET /b: only /b's own bytes
     count towards its limit."""
