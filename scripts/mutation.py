@@ -215,6 +215,7 @@ def start_over(group: Group, modules: list[Module]) -> None:
 # A test failed (1), pytest errored (3), the mutant hung (timeouts), or mypy rejected it (37): the
 # data plane is compiled by mypyc, and scripts/test.sh runs mypy, so such a mutant can never ship.
 KILLED = {1, 3, 24, -24, 152, 255, 36, -9, 37}
+TIMED_OUT = {24, -24, 152, -9}  # a listed (equivalent) mutant that only timed out: a loaded machine
 STATUS = {0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", None: "not checked"}
 
 
@@ -243,7 +244,7 @@ def unkilled(module: Module) -> list[str]:
 
 def report(names: list[str]) -> int:
     equivalent = listed_equivalents()
-    rows, problems = [], []
+    rows, problems, notes = [], [], []
     for name in names:
         module = MODULES[name]
         results = module_results(module)
@@ -255,7 +256,9 @@ def report(names: list[str]) -> int:
         left = unkilled(module)
         listed = [k for k in left if k in equivalent]
         open_ = [k for k in left if k not in equivalent]
-        stale = [k for k in equivalent if k.startswith(module.dotted + ".") and k not in listed]
+        mine = [k for k in equivalent if k.startswith(module.dotted + ".") and k not in listed]
+        slow = [k for k in mine if results.get(k) in TIMED_OUT]
+        stale = [k for k in mine if k not in slow]
         total = len(results)
         rows.append(
             f"{name:<16} {total:>7} {killed - by_mypy:>7} {by_mypy:>5} {len(listed):>7} {len(open_):>5} "
@@ -266,9 +269,12 @@ def report(names: list[str]) -> int:
             f"  {k}: listed in docs/testing.md but {'killed' if k in results else 'gone'} (update the list)"
             for k in stale
         ]
+        notes += [f"  {k}: listed in docs/testing.md, timed out this run (not a kill: run it again)" for k in slow]
     head = "module           mutants   tests  mypy  listed  open  killed%  +listed%"
     print(f"\n{head}\n(killed by: a test, or mypy; listed: equivalent or harmless, docs/testing.md)")
     print("\n".join(rows))
+    if notes:
+        print("\n".join(["", *notes]))
     if problems:
         print("\nnot killed and not listed in docs/testing.md (diffs: bash scripts/mutation.sh --show MODULE):")
         print("\n".join(problems))
