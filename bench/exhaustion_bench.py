@@ -22,7 +22,11 @@ baseline and fd_exhaustion_1024 (1,100 hostile connections). Reported: quiet p50
 p99 ratio attack/baseline (goal <= 2x), the daemon's RSS and fd count before/during/after, and its
 CPU use during the phase.
 
-    sudo .venv/bin/python bench/exhaustion_bench.py [--duration 5] [--rate 200] [--json out.json]
+With --haproxy the same attacks then run against HAProxy 2.6 (the reference: one process on CPU 0
+serving both namespaces with `bind ... namespace`, the hostile frontend at maxconn 6000), each
+phase's ratio against HAProxy's own baseline.
+
+    sudo .venv/bin/python bench/exhaustion_bench.py [--duration 5] [--rate 200] [--haproxy] [--json out.json]
 
 Needs root (namespaces), nginx (nginx-light), taskset. Cleans up the namespaces and every process it
 started on exit, also on Ctrl-C.
@@ -252,6 +256,48 @@ def start_nsproxyd(
     return proc
 
 
+def start_haproxy(procs: Procs, workdir: str, quiet: str, hostile: str, upstream_port: int) -> subprocess.Popen[bytes]:
+    """The reference: HAProxy serving both tenants from one process on CPU 0, as nsproxyd does
+    (`bind ... namespace`), the hostile tenant's frontend held to the same 6,000 connections."""
+    conf = os.path.join(workdir, "haproxy.cfg")
+    with open(conf, "w") as f:
+        f.write(
+            f"""global
+    nbthread 1
+    maxconn 9000
+
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    timeout http-request 60s
+    timeout http-keep-alive 60s
+    option http-keep-alive
+
+frontend quiet
+    bind 127.0.0.1:{PORT} namespace {quiet}
+    http-request set-header X-Tenant-ID quiet
+    default_backend upstream
+
+frontend hostile
+    bind 127.0.0.1:{PORT} namespace {hostile}
+    maxconn 6000
+    http-request set-header X-Tenant-ID hostile
+    default_backend upstream
+
+backend upstream
+    http-reuse always
+    server nginx 127.0.0.1:{upstream_port}
+"""
+        )
+    cmd = ["taskset", "-c", DAEMON_CPU, "haproxy", "-f", conf, "-db"]
+    proc = procs.start(cmd, stdout=subprocess.DEVNULL, preexec_fn=_normal_priority)
+    wait_http(quiet, PORT)
+    wait_http(hostile, PORT)
+    return proc
+
+
 def rss_kb(pid: int) -> int:
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -455,11 +501,25 @@ def phase(name: str, attack: Attack | None, pid: int, quiet: str, rate: float, d
     )
 
 
+def attacks_for(hostile: str) -> list[tuple[str, Attack | None]]:
+    return [
+        ("baseline", None),
+        ("slowloris_500", Slowloris(hostile)),
+        ("slow_body_100", SlowBody(hostile)),
+        ("slow_reader_50", SlowReader(hostile)),
+        ("idle_5000", Idle(hostile, 5000)),
+        ("flood_above_max_connections", Flood(hostile)),
+    ]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per phase")
     parser.add_argument("--rate", type=float, default=200.0, help="quiet tenant requests per second")
     parser.add_argument("--json", help="also write the JSON report here")
+    parser.add_argument(
+        "--haproxy", action="store_true", help="also run the attacks against HAProxy 2.6 (the reference), same layout"
+    )
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=PORT, help=argparse.SUPPRESS)
     parser.add_argument("--new-every", type=int, default=10, help=argparse.SUPPRESS)
@@ -493,15 +553,7 @@ def main() -> int:
             upstream_port = free_port()
             start_nginx(procs, workdir, upstream_port)
             daemon = start_nsproxyd(procs, workdir, quiet, hostile, upstream_port, None)
-            attacks: list[tuple[str, Attack | None]] = [
-                ("baseline", None),
-                ("slowloris_500", Slowloris(hostile)),
-                ("slow_body_100", SlowBody(hostile)),
-                ("slow_reader_50", SlowReader(hostile)),
-                ("idle_5000", Idle(hostile, 5000)),
-                ("flood_above_max_connections", Flood(hostile)),
-            ]
-            for name, attack in attacks:
+            for name, attack in attacks_for(hostile):
                 phases.append(phase(name, attack, daemon.pid, quiet, args.rate, args.duration))
                 groups[name] = "baseline"
                 _progress(phases[-1])
@@ -511,6 +563,13 @@ def main() -> int:
                 phases.append(phase(name, attack, limited.pid, quiet, args.rate, args.duration))
                 groups[name] = "baseline_nofile_1024"
                 _progress(phases[-1])
+            if args.haproxy:
+                procs.stop(limited)
+                haproxy = start_haproxy(procs, workdir, quiet, hostile, upstream_port)
+                for name, attack in attacks_for(hostile):
+                    phases.append(phase(f"haproxy_{name}", attack, haproxy.pid, quiet, args.rate, args.duration))
+                    groups[f"haproxy_{name}"] = "haproxy_baseline"
+                    _progress(phases[-1])
         finally:
             procs.stop_all()
 
@@ -530,7 +589,7 @@ def main() -> int:
             **{k: v for k, v in vars(p).items() if k != "name"},
             "baseline": base.name,
             "p99_ratio": round(ratio, 3),
-            "meets_goal": ratio <= P99_GOAL and p.errors == 0,
+            "meets_goal": None if p.name.startswith("haproxy_") else ratio <= P99_GOAL and p.errors == 0,
         }
         rows.append(
             (
