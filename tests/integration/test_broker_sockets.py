@@ -19,6 +19,7 @@ from daemon_harness import refused_in, tenant, write_config
 from support import run_cli, wait_until
 
 from nsproxy_appliance import broker_control, netns
+from nsproxy_appliance.broker import protocol
 
 pytestmark = pytest.mark.root
 
@@ -55,6 +56,7 @@ def test_listeners_are_made_inside_the_tenant_namespace_and_kept(two_tenants, br
         assert sock.getsockname() == ("127.0.0.1", 8080)
         assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
         first = os.fstat(sock.fileno()).st_ino
+    made_in = reply["identity"]
     # This client's copy is closed; the broker kept its own: a connection made now waits in the backlog,
     # and the next client gets the very same socket, with the connection in it.
     waiting = netns.socket_in(path_a, socket.AF_INET)
@@ -64,6 +66,7 @@ def test_listeners_are_made_inside_the_tenant_namespace_and_kept(two_tenants, br
         (again,) = sockets_of(fds)
         with again:
             assert os.fstat(again.fileno()).st_ino == first
+            assert reply["identity"] == made_in  # the kept socket's namespace, cookie and all
             conn, _ = again.accept()
             conn.close()
     assert [h["listen"] for h in broker.held()] == ["127.0.0.1:8080"]
@@ -104,6 +107,24 @@ def test_requests_outside_the_runtime_config_are_refused(two_tenants, brokers, r
     with BlockingClient(paths.broker_socket) as client:
         reply, fds = client.request(request_)
     assert fds == [] and reply["ok"] is False and error in reply["error"], reply
+
+
+@pytest.mark.parametrize(
+    "message",
+    [b"[" * 200_000, b'{"op": "\xff"}', b"[1, 2]", b"{"],
+    ids=["nested-200000-deep", "not-utf8", "not-an-object", "truncated"],
+)
+def test_an_unreadable_message_costs_its_sender_the_connection_and_nothing_else(two_tenants, brokers, message):
+    """json.loads raised RecursionError (not ValueError) for deep nesting: one message stopped the broker."""
+    paths, _, _ = two_tenants
+    brokers.append(broker := start_broker(paths))
+    with BlockingClient(paths.broker_socket) as hostile:
+        hostile.sock.send(message)
+        assert hostile.sock.recv(4096) == b""  # disconnected, no answer
+    with BlockingClient(paths.broker_socket) as client:
+        reply, _ = client.request({"op": "hello", "version": protocol.VERSION})
+    assert reply["ok"] and reply["pid"] == broker.pid
+    assert "sent an unreadable message" in broker.log_text()
 
 
 def test_upstream_sockets_are_unconnected_and_made_in_the_tenant_namespace(two_tenants, brokers):

@@ -53,6 +53,16 @@ def test_not_ready_before_the_config_is_applied_or_while_stopping():
     assert reports.readiness(state)["ready"] is False and reports.readiness(state)["applied"] is False
 
 
+def test_before_the_config_is_applied_the_answer_names_no_tenant():
+    """A poller asking while 10,000 tenants start must not cost the daemon a 10,000-entry answer."""
+    state = state_with({name: TenantState.STARTING for name in ("a", "b", "c")})
+    state.applied = False
+    body = reports.readiness(state)
+    assert body == {"ready": False, "applied": False, "generation": "g1", "tenants": 3, "stopping": False}
+    state.applied = True
+    assert reports.readiness(state)["not_serving"] == {name: "starting" for name in ("a", "b", "c")}
+
+
 def test_tenants_report_the_full_identity():
     state = state_with({"a": TenantState.SERVING})
     state.slots["a"].listeners.identity = NetnsIdentity(4, 4026532001, 77)

@@ -69,6 +69,11 @@ def test_corrupt_ledger_is_a_clear_error(tmp_path):
     path.write_text('{"format": 1, "namespaces": [')
     with pytest.raises(LedgerError, match=r"ledger.json: not valid JSON .*nothing was changed"):
         ledger.load(str(path))
+    # json raised RecursionError and UnicodeDecodeError for these: tracebacks
+    for damage in (b"[" * 100_000, b'{"format": 1, "namespaces": ["\xff"]}'):
+        path.write_bytes(damage)
+        with pytest.raises(LedgerError, match=r"ledger.json: not valid JSON .*nothing was changed"):
+            ledger.load(str(path))
     path.write_text('{"format": 99}')
     with pytest.raises(LedgerError, match="unknown ledger format 99"):
         ledger.load(str(path))
