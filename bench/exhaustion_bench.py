@@ -54,6 +54,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import haproxy_reference
 import nginx_upstream
 
 from nsproxy_appliance import netns, runtime_config
@@ -259,23 +260,7 @@ def start_nsproxyd(
 def start_haproxy(procs: Procs, workdir: str, quiet: str, hostile: str, upstream_port: int) -> subprocess.Popen[bytes]:
     """The reference: HAProxy serving both tenants from one process on CPU 0, as nsproxyd does
     (`bind ... namespace`), the hostile tenant's frontend held to the same 6,000 connections."""
-    conf = os.path.join(workdir, "haproxy.cfg")
-    with open(conf, "w") as f:
-        f.write(
-            f"""global
-    nbthread 1
-    maxconn 9000
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-request 60s
-    timeout http-keep-alive 60s
-    option http-keep-alive
-
-frontend quiet
+    frontends = f"""frontend quiet
     bind 127.0.0.1:{PORT} namespace {quiet}
     http-request set-header X-Tenant-ID quiet
     default_backend upstream
@@ -285,12 +270,10 @@ frontend hostile
     maxconn 6000
     http-request set-header X-Tenant-ID hostile
     default_backend upstream
-
-backend upstream
-    http-reuse always
-    server nginx 127.0.0.1:{upstream_port}
 """
-        )
+    conf = haproxy_reference.write_conf(
+        os.path.join(workdir, "haproxy.cfg"), frontends, upstream_port, maxconn=9000, http_request_timeout="60s"
+    )
     cmd = ["taskset", "-c", DAEMON_CPU, "haproxy", "-f", conf, "-db"]
     proc = procs.start(cmd, stdout=subprocess.DEVNULL, preexec_fn=_normal_priority)
     wait_http(quiet, PORT)

@@ -45,6 +45,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import haproxy_reference
 import nginx_upstream
 
 from nsproxy_appliance import netns, runtime_config
@@ -161,40 +162,11 @@ def start_nginx(procs: Procs, workdir: str, port: int) -> None:
 
 
 def start_haproxy(procs: Procs, workdir: str, ns: str, upstream_port: int) -> subprocess.Popen[bytes]:
-    conf = os.path.join(workdir, "haproxy.cfg")
-    with open(conf, "w") as f:
-        f.write(
-            f"""global
-    nbthread 1
-    maxconn 4096
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-request 10s
-    timeout http-keep-alive 60s
-    option http-keep-alive
-
-frontend tenant
-    bind 127.0.0.1:{HAPROXY_PORT} namespace {ns}
-    option forwardfor
-    http-request set-header {TENANT_HEADER} {TENANT_ID}
-    http-request set-header X-Forwarded-Proto http
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    http-request set-header X-Forwarded-Port %[dst_port]
-    http-request set-header X-Real-IP %[src]
-    http-request add-header Forwarded "for=%[src];host=\"%[req.hdr(host)]\";proto=http"
-    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
-    http-request set-header X-Request-ID %[unique-id]
-    default_backend upstream
-
-backend upstream
-    http-reuse always
-    server nginx 127.0.0.1:{upstream_port}
-"""
-        )
+    frontend = f"frontend tenant\n    bind 127.0.0.1:{HAPROXY_PORT} namespace {ns}\n"
+    frontend += haproxy_reference.managed_headers(TENANT_HEADER, TENANT_ID, "http") + "    default_backend upstream\n"
+    conf = haproxy_reference.write_conf(
+        os.path.join(workdir, "haproxy.cfg"), frontend, upstream_port, maxconn=4096, http_request_timeout="10s"
+    )
     proc = procs.start(["taskset", "-c", "0", "haproxy", "-f", conf, "-db"], stdout=subprocess.DEVNULL)
     wait_http(netns.named_path(ns), HAPROXY_PORT)
     return proc

@@ -63,7 +63,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from proxy_bench import (  # bench/ is not a package
+import haproxy_reference  # bench/ is not a package
+from proxy_bench import (
     TENANT_HEADER,
     TENANT_ID,
     Procs,
@@ -279,39 +280,12 @@ def start_haproxy(
         f" ssl-min-ver TLSv1.2{tickets}\n"
         for k in KEYS
     )
-    with open(conf, "w") as f:
-        f.write(
-            f"""global
-    nbthread 1
-    maxconn 4096
-{"" if resumption else "    tune.ssl.cachesize 0"}
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-    timeout http-request 10s
-    timeout http-keep-alive 60s
-    option http-keep-alive
-
-frontend tenant
-{binds}    option forwardfor
-    http-request set-header {TENANT_HEADER} {TENANT_ID}
-    http-request set-header X-Forwarded-Proto https
-    http-request set-header X-Forwarded-Host %[req.hdr(host)]
-    http-request set-header X-Forwarded-Port %[dst_port]
-    http-request set-header X-Real-IP %[src]
-    http-request add-header Forwarded "for=%[src];host=\\"%[req.hdr(host)]\\";proto=https"
-    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
-    http-request set-header X-Request-ID %[unique-id]
-    default_backend upstream
-
-backend upstream
-    http-reuse always
-    server nginx 127.0.0.1:{upstream_port}
-"""
-        )
+    frontend = f"frontend tenant\n{binds}"
+    frontend += haproxy_reference.managed_headers(TENANT_HEADER, TENANT_ID, "https") + "    default_backend upstream\n"
+    extra = "" if resumption else "    tune.ssl.cachesize 0\n"
+    haproxy_reference.write_conf(
+        conf, frontend, upstream_port, maxconn=4096, http_request_timeout="10s", extra_global=extra
+    )
     return procs.start(["taskset", "-c", "0", "haproxy", "-f", conf, "-db"], stdout=subprocess.DEVNULL)
 
 

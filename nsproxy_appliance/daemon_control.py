@@ -111,18 +111,24 @@ def systemd_is_init() -> bool:
         return False
 
 
-def _unit_name(paths: Paths) -> tuple[str, bool]:
+UNIT_CHOICE = ("LoadState", "ExecStart")  # the properties of nsproxyd.service _unit_name decides by
+
+
+def unit_properties(unit: str, names: tuple[str, ...]) -> dict[str, str]:
+    """`systemctl show` of the properties `names` of `unit`, by name."""
+    argv = ["systemctl", "show", *(arg for name in names for arg in ("-p", name)), unit]
+    out = subprocess.run(argv, capture_output=True, text=True, check=False)
+    return dict(line.partition("=")[::2] for line in out.stdout.splitlines())
+
+
+def _unit_name(paths: Paths, props: dict[str, str] | None = None) -> tuple[str, bool]:
     """(unit, installed): the installed nsproxyd.service when it runs this config, else a transient one.
 
     A transient unit for another runtime dir gets its own name, so instances do not collide.
+    `props`: nsproxyd.service's UNIT_CHOICE properties when the caller asked systemd already.
     """
-    out = subprocess.run(
-        ["systemctl", "show", "-p", "LoadState", "-p", "ExecStart", f"{UNIT}.service"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    props = dict(line.partition("=")[::2] for line in out.stdout.splitlines())
+    if props is None:
+        props = unit_properties(f"{UNIT}.service", UNIT_CHOICE)
     if props.get("LoadState") == "loaded" and paths.config in props.get("ExecStart", ""):
         return UNIT, True
     if paths.runtime_dir == DEFAULT_RUNTIME_DIR:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pwd
-import subprocess
 
 from . import broker_control, daemon_control
 from .manifest.tlsfiles import DaemonUser
@@ -28,9 +27,8 @@ def daemon_user(paths: Paths) -> DaemonUser | None:
     if os.geteuid() != 0:
         return None
     hidden: tuple[str, ...] = ()
-    unit = _installed_unit(paths)
-    if unit is not None:
-        props = _unit_properties(unit, ("User", "PrivateTmp", "ProtectHome"))
+    props = _installed_unit(paths)
+    if props is not None:
         name = props.get("User", "")
         hidden = (PRIVATE_TMP if props.get("PrivateTmp") == "yes" else ()) + (
             PROTECTED_HOME if props.get("ProtectHome", "no") != "no" else ()
@@ -44,18 +42,16 @@ def daemon_user(paths: Paths) -> DaemonUser | None:
     except (KeyError, ValueError):
         return None  # the launch reports a user that does not exist, with the fix
     # systemd's User= gives the user its supplementary groups; nsproxy-apply's launch drops them all
-    groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)) if unit is not None else ()
+    groups = tuple(os.getgrouplist(entry.pw_name, entry.pw_gid)) if props is not None else ()
     return DaemonUser(entry.pw_name, entry.pw_uid, entry.pw_gid, groups, hidden)
 
 
-def _installed_unit(paths: Paths) -> str | None:
+def _installed_unit(paths: Paths) -> dict[str, str] | None:
+    """The properties of the installed nsproxyd.service that the launch would start (its user, what
+    it hides), or None when the launch would not use it: one `systemctl show` for both questions."""
     if not daemon_control.systemd_is_init():
         return None
-    unit, installed = daemon_control._unit_name(paths)  # the launch's very choice
-    return f"{unit}.service" if installed else None
-
-
-def _unit_properties(unit: str, names: tuple[str, ...]) -> dict[str, str]:
-    argv = ["systemctl", "show", *(f"--property={n}" for n in names), unit]
-    out = subprocess.run(argv, capture_output=True, text=True, check=False)
-    return dict(line.partition("=")[::2] for line in out.stdout.splitlines())
+    names = (*daemon_control.UNIT_CHOICE, "User", "PrivateTmp", "ProtectHome")
+    props = daemon_control.unit_properties(f"{daemon_control.UNIT}.service", names)
+    _, installed = daemon_control._unit_name(paths, props)  # the launch's very choice
+    return props if installed else None

@@ -178,9 +178,9 @@ def _head_of(data: bytes) -> dict[str, Any] | None:
     start = data.find(_TENANTS_START_B)
     if start < 0 or not data.endswith(_TENANTS_END_B):
         return None
-    try:
-        head = json.loads(data[:start] + b', "tenants": []}')
-    except (json.JSONDecodeError, UnicodeDecodeError):
+    try:  # orjson: the head lists every tenant's name (manifest.tenants), a third of a reload's decoding
+        head = orjson.loads(data[:start] + b', "tenants": []}')
+    except orjson.JSONDecodeError:
         return None
     return head if isinstance(head, dict) else None
 

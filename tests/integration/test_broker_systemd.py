@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 from support import REPO, header_values, wait_until
 
+from nsproxy_appliance.daemon_user import PRIVATE_TMP, PROTECTED_HOME
+
 VENV_BIN = Path(REPO) / ".venv" / "bin"
 BOOT_TIMEOUT = 90.0
 SHUTDOWN_TIMEOUT = 30.0
@@ -211,7 +213,7 @@ def test_the_role_under_a_real_systemd_serves_the_tenants_without_privilege() ->
     # The hardened units give their services a private /tmp and /var/tmp and hide /home and /root
     # (PrivateTmp=, ProtectHome=): a checkout there, whose packages the units' venv uses, is
     # invisible to them. Say so rather than fail deep inside the rollout.
-    hidden = [d for d in ("/tmp", "/var/tmp", "/home", "/root") if Path(REPO).resolve().is_relative_to(d)]
+    hidden = [d for d in (*PRIVATE_TMP, *PROTECTED_HOME) if Path(REPO).resolve().is_relative_to(d)]
     assert not hidden, f"the checkout {REPO} is under {hidden[0]}, which the hardened units hide: clone it elsewhere"
     with booted() as machine:
         machine.venv(VENV)

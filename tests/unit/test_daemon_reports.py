@@ -3,6 +3,7 @@ that need no namespace: inotify on a plain directory, and which tenants a check 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -14,7 +15,7 @@ from nsproxy_appliance.daemon.context import TenantContext
 from nsproxy_appliance.daemon.nswatch import Inotify, NamespaceWatcher
 from nsproxy_appliance.daemon.state import DaemonState, TenantSlot, TenantState
 from nsproxy_appliance.identity import NetnsIdentity
-from nsproxy_appliance.model import DaemonSettings
+from nsproxy_appliance.model import DaemonSettings, NetnsRef
 from nsproxy_appliance.runtime_config import RuntimeConfig
 
 
@@ -123,6 +124,9 @@ def test_while_inotify_watches_named_namespaces_are_swept_in_slices_and_path_one
 
     daemon = state_with({f"n{i}": TenantState.SERVING for i in range(100)})  # named: netns /run/netns/<name>
     assert all(slot.ctx.tenant.netns.name for slot in daemon.slots.values())
+    for i in range(3):  # and three `{path: ...}` tenants, which inotify does not see
+        t = dataclasses.replace(tenant(f"p{i}"), netns=NetnsRef(path=f"/proc/{1000 + i}/ns/net"))
+        daemon.slots[t.name] = TenantSlot(TenantContext(tenant=t), lambda: None)  # type: ignore[arg-type, return-value]  # never called
     checked: list[str] = []
 
     def mounted_identity(path: str, parent_devs: dict[str, int] | None = None) -> NetnsIdentity:
@@ -141,6 +145,17 @@ def test_while_inotify_watches_named_namespaces_are_swept_in_slices_and_path_one
     watcher.interval = 0.5
     ticks = int(nswatch.SWEEP_PERIOD / watcher.interval)
     for _ in range(ticks):
+        before = len(checked)
         assert watcher.stale() == set()
-    assert len(checked) <= 100 + ticks  # a slice per tick, not every tenant every tick
-    assert {p.rsplit("/", 1)[1] for p in checked} == set(daemon.slots)  # and every one within the period
+        assert {f"/proc/{1000 + i}/ns/net" for i in range(3)} <= set(checked[before:])  # path ones every tick
+    assert len(checked) <= 100 + ticks + 3 * ticks  # a slice per tick, not every tenant every tick
+    named = {p.rsplit("/", 1)[1] for p in checked if p.startswith("/run/netns/")}
+    assert named == {f"n{i}" for i in range(100)}  # and every named one within the period
+    # a reload that adds a tenant (a new generation) puts it into the slices too
+    t = tenant("late")
+    daemon.slots["late"] = TenantSlot(TenantContext(tenant=t), lambda: None)  # type: ignore[arg-type, return-value]  # never called
+    daemon.generation = "g2"
+    checked.clear()
+    for _ in range(ticks):
+        watcher.stale()
+    assert f"/run/netns/{t.netns.name}" in checked

@@ -42,29 +42,36 @@ def test_a_user_that_does_not_exist_is_left_to_the_launch(no_systemd, monkeypatc
 def test_the_installed_unit_user_its_groups_and_the_directories_it_hides(monkeypatch):
     monkeypatch.setenv(broker_control.ENV_DAEMON_USER, "root")  # the unit wins over the environment
     monkeypatch.setattr(daemon_control, "systemd_is_init", lambda: True)
-    monkeypatch.setattr(daemon_control, "_unit_name", lambda paths: ("nsproxyd", True))
+    installed = {"LoadState": "loaded", "ExecStart": f"nsproxyd --config {PATHS.config}"}
     asked: list[tuple[str, tuple[str, ...]]] = []
+    answer = {"User": "nobody", "PrivateTmp": "yes", "ProtectHome": "read-only"}
 
     def properties(unit: str, names: tuple[str, ...]) -> dict[str, str]:
         asked.append((unit, names))
-        return {"User": "nobody", "PrivateTmp": "yes", "ProtectHome": "read-only"}
+        return {**installed, **answer}
 
-    monkeypatch.setattr(daemon_user, "_unit_properties", properties)
+    monkeypatch.setattr(daemon_control, "unit_properties", properties)
     user = daemon_user.daemon_user(PATHS)
-    assert asked == [("nsproxyd.service", ("User", "PrivateTmp", "ProtectHome"))]
+    # one systemctl show: whether the launch uses the unit, and as whom it runs
+    assert asked == [("nsproxyd.service", ("LoadState", "ExecStart", "User", "PrivateTmp", "ProtectHome"))]
     assert user is not None and user.name == "nobody"
     assert user.groups == tuple(os.getgrouplist("nobody", NOBODY.pw_gid))
     assert user.hidden == ("/tmp", "/var/tmp", "/home", "/root", "/run/user")
 
-    monkeypatch.setattr(daemon_user, "_unit_properties", lambda unit, names: {"User": "nobody", "PrivateTmp": "no"})
+    answer = {"User": "nobody", "PrivateTmp": "no"}
     assert daemon_user.daemon_user(PATHS).hidden == ()  # type: ignore[union-attr]  # asserted not None above
-    monkeypatch.setattr(daemon_user, "_unit_properties", lambda unit, names: {"User": ""})
+    answer = {"User": ""}
     assert daemon_user.daemon_user(PATHS) is None  # the unit runs it as root
+    installed = {"LoadState": "loaded", "ExecStart": "nsproxyd --config /elsewhere/config.json"}
+    answer = {"User": "nobody", "PrivateTmp": "yes"}
+    monkeypatch.setenv(broker_control.ENV_DAEMON_USER, "nobody")
+    other = daemon_user.daemon_user(PATHS)  # a unit for another config: the applier's own launch
+    assert other is not None and other.groups == () and other.hidden == ()
 
 
 def test_a_transient_unit_is_the_applier_launch(monkeypatch):
     monkeypatch.setenv(broker_control.ENV_DAEMON_USER, "nobody")
     monkeypatch.setattr(daemon_control, "systemd_is_init", lambda: True)
-    monkeypatch.setattr(daemon_control, "_unit_name", lambda paths: ("nsproxyd", False))
+    monkeypatch.setattr(daemon_control, "unit_properties", lambda unit, names: {"LoadState": "not-found"})
     user = daemon_user.daemon_user(PATHS)
     assert user is not None and user.groups == () and user.hidden == ()
