@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import orjson
+
 from . import atomicfile, broker_control, procinfo
 from .errors import DaemonError, StateFileError
 from .identity import NetnsIdentity
@@ -80,7 +82,10 @@ def admin_request(paths: Paths, method: str, path: str, timeout: float) -> tuple
     finally:
         conn.close()
     if resp.getheader("Content-Type", "").startswith("application/json"):
-        return resp.status, json.loads(body)
+        try:  # orjson: the daemon is unprivileged, and json raised RecursionError for deep nesting
+            return resp.status, orjson.loads(body)
+        except orjson.JSONDecodeError as e:
+            raise OSError(f"admin API {method} {path}: unreadable JSON ({e})") from None
     return resp.status, body.decode(errors="replace")
 
 

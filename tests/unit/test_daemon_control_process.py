@@ -451,6 +451,16 @@ def test_the_admin_api_answers_json_or_text(admin, paths):
     assert admin.host_lines == [("Host", "nsproxyd")] * 2
 
 
+@pytest.mark.parametrize("body", [b"[" * 100_000, b'{"ok": tru', b'{"a": "\xff"}'], ids=["nested", "cut", "not-utf8"])
+def test_a_daemon_answering_unreadable_json_is_an_unreachable_one_not_a_traceback(admin, paths, body):
+    """The daemon runs unprivileged: whatever it answers, the root applier must not crash on it
+    (json raised RecursionError for deep nesting, which no caller expected)."""
+    admin.routes[("GET", "/readyz")] = (200, body)
+    with pytest.raises(OSError, match="admin API GET /readyz: unreadable JSON"):
+        daemon_control.admin_request(paths, "GET", "/readyz", 5.0)
+    assert daemon_control._readiness(paths) is None
+
+
 def raw_admin(paths: Paths, answer: bytes | None) -> tuple[socket.socket, threading.Thread]:
     """An admin socket that answers `answer` to the first request and closes (None: never answers)."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

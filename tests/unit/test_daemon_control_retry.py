@@ -37,7 +37,9 @@ class FakeAdmin:
                 admin.requests.append((self.command, self.path))
                 admin.host_lines += [(k, v) for k, v in self.headers.items() if k.lower() == "host"]
                 status, body = admin.routes.get((self.command, self.path), (404, {"error": "no route"}))
-                data = (json.dumps(body) if not isinstance(body, str) else body).encode()
+                # bytes: sent as they are, labelled JSON (a daemon answering garbage)
+                text = body if isinstance(body, str | bytes) else json.dumps(body)
+                data = text if isinstance(text, bytes) else text.encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "text/plain" if isinstance(body, str) else "application/json")
                 self.send_header("Content-Length", str(len(data)))
