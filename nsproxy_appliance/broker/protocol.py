@@ -42,7 +42,10 @@ class ProtocolError(Exception):
 
 
 def encode(message: dict[str, Any]) -> bytes:
-    data = orjson.dumps(message)
+    try:
+        data = orjson.dumps(message)
+    except orjson.JSONEncodeError as e:  # nothing orjson decoded fails here; a bug must cost one message
+        raise ProtocolError(f"message cannot be encoded: {e}") from None
     if len(data) > MAX_MESSAGE:
         raise ProtocolError(f"message of {len(data)} bytes is over the limit of {MAX_MESSAGE}")
     return data
