@@ -56,6 +56,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import haproxy_reference
 import nginx_upstream
+from proxy_bench import cpu_seconds, rss_kb  # bench/ is not a package
 
 from nsproxy_appliance import netns, runtime_config
 from nsproxy_appliance.model import DaemonSettings, Limits, Listen, Manifest, NetnsRef, Tenant, Upstream
@@ -279,22 +280,6 @@ frontend hostile
     wait_http(quiet, PORT)
     wait_http(hostile, PORT)
     return proc
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-def cpu_seconds(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of `pid` so far: what the process runs, and what the kernel does for it."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def fd_count(pid: int) -> int:
