@@ -245,7 +245,7 @@ def main() -> int:
             # As nsproxy-apply and the units run it: the socket broker runs before the daemon and
             # outlives it. The first start has the broker make every listener (a cold start); the
             # later ones get the listeners it kept (a restart).
-            broker = broker_control.ensure_detached(paths, None)
+            broker = broker_control.ensure_detached(paths, None, 60.0)
             runs = [run_once(paths, names, generation) for _ in range(args.runs)]
         finally:
             if broker is not None:

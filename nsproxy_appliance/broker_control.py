@@ -32,7 +32,6 @@ from .paths import DEFAULT_RUNTIME_DIR, Paths
 
 ENV_DAEMON_USER = "NSPROXY_DAEMON_USER"
 UNIT = "nsproxy-broker"
-START_TIMEOUT = 15.0  # seconds for a new broker to answer on its socket
 POLL_INTERVAL = 0.02
 RUNTIME_DIR_MODE = 0o1770
 
@@ -127,8 +126,9 @@ def log_tail(paths: Paths, lines: int = 15) -> str:
         return "(no log)"
 
 
-def ensure_detached(paths: Paths, user: str | None) -> subprocess.Popen[bytes] | None:
-    """Start the broker detached unless one answers; the child (None when one already ran)."""
+def ensure_detached(paths: Paths, user: str | None, timeout: float) -> subprocess.Popen[bytes] | None:
+    """Start the broker detached unless one answers, and wait up to `timeout` s for it to answer;
+    the child (None when one already ran)."""
     if answers(paths):
         return None
     atomicfile.ensure_dir(os.path.dirname(paths.broker_log_file))
@@ -146,7 +146,7 @@ def ensure_detached(paths: Paths, user: str | None) -> subprocess.Popen[bytes] |
             close_fds=True,
             cwd="/",
         )
-    _wait_answering(paths, child, START_TIMEOUT)
+    _wait_answering(paths, child, timeout)
     return child
 
 
@@ -156,8 +156,9 @@ def transient_unit(paths: Paths) -> str:
     return f"{UNIT}-{hashlib.sha256(paths.runtime_dir.encode()).hexdigest()[:8]}"
 
 
-def ensure_transient_unit(paths: Paths, user: str | None) -> None:
-    """systemd is PID 1 but the role's units are not installed: the broker as a transient unit."""
+def ensure_transient_unit(paths: Paths, user: str | None, timeout: float) -> None:
+    """systemd is PID 1 but the role's units are not installed: the broker as a transient unit,
+    answering within `timeout` s."""
     if answers(paths):
         return
     cmd = [
@@ -173,7 +174,7 @@ def ensure_transient_unit(paths: Paths, user: str | None) -> None:
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise DaemonError(f"systemd-run (nsproxy-broker) failed: {out.stderr.strip() or out.stdout.strip()}")
-    _wait_answering(paths, None, START_TIMEOUT)
+    _wait_answering(paths, None, timeout)
 
 
 def stop(paths: Paths, timeout: float) -> bool:

@@ -247,11 +247,13 @@ class DaemonSupervisor:
 
     # -- launching and reloading -------------------------------------------------------------------
 
-    def launch(self, paths: Paths) -> tuple[int | None, str | None]:
+    def launch(self, paths: Paths, timeout: float = DAEMON_TIMEOUT) -> tuple[int | None, str | None]:
         """Start the daemon; (pid of a detached child or None, systemd unit or None).
 
         The socket broker first (broker_control: the daemon gets every socket from it), unless the
-        installed units do that; the daemon as NSPROXY_DAEMON_USER when that is set.
+        installed units do that, waiting up to `timeout` s for it to answer (the caller's budget for
+        the whole start: a slow machine's broker is as slow to start as its daemon); the daemon as
+        NSPROXY_DAEMON_USER when that is set.
         """
         user = broker_control.daemon_user()
         broker_control.prepare_runtime_dir(paths, user)
@@ -262,7 +264,7 @@ class DaemonSupervisor:
             if installed:
                 cmd = ["systemctl", "start", f"{unit}.service"]  # its unit pulls nsproxy-broker.service in
             else:
-                broker_control.ensure_transient_unit(paths, user)
+                broker_control.ensure_transient_unit(paths, user, timeout)
                 cmd = [
                     "systemd-run",
                     "--unit",
@@ -283,7 +285,7 @@ class DaemonSupervisor:
         except OSError as e:
             raise StateFileError(paths.log_file, "open the daemon's log", e) from None
         try:
-            broker = broker_control.ensure_detached(paths, user)
+            broker = broker_control.ensure_detached(paths, user, timeout)
         except BaseException:
             log.close()
             raise
@@ -361,8 +363,9 @@ class DaemonSupervisor:
                 return "unchanged"
             self._reload(paths, current.pid, generation, deadline)
             return "reloaded"
-        pid, unit = self.launch(paths)
-        self._wait_for(paths, generation, time.monotonic() + timeout, pid, unit)
+        start_deadline = time.monotonic() + timeout  # `timeout` bounds the whole start, broker included
+        pid, unit = self.launch(paths, timeout)
+        self._wait_for(paths, generation, start_deadline, pid, unit)
         return "launched"
 
     def stop(self, paths: Paths, timeout: float = STOP_TIMEOUT, *, keep_broker: bool = False) -> bool:

@@ -235,7 +235,7 @@ def test_a_failing_transient_unit_says_which_unit_and_why(commands, monkeypatch,
     monkeypatch.setattr(daemon_control, "systemd_is_init", lambda: True)
     monkeypatch.setattr(broker_control, "daemon_user", lambda: None)
     monkeypatch.setattr(broker_control, "prepare_runtime_dir", lambda p, user: None)
-    monkeypatch.setattr(broker_control, "ensure_transient_unit", lambda p, user: None)
+    monkeypatch.setattr(broker_control, "ensure_transient_unit", lambda p, user, timeout: None)
     commands.answer("systemctl", stdout="LoadState=not-found\n")
     commands.answer("systemd-run", returncode=1, stdout="ignored\n", stderr=" Unit exists. \n")
     with pytest.raises(DaemonError) as err:
@@ -250,7 +250,9 @@ def test_a_transient_unit_runs_the_daemon_as_the_configured_user(commands, monke
     monkeypatch.setattr(broker_control, "daemon_user", lambda: "nsproxy")
     prepared: list[Any] = []
     monkeypatch.setattr(broker_control, "prepare_runtime_dir", lambda p, user: prepared.append(("dir", user)))
-    monkeypatch.setattr(broker_control, "ensure_transient_unit", lambda p, user: prepared.append(("broker", user)))
+    monkeypatch.setattr(
+        broker_control, "ensure_transient_unit", lambda p, user, timeout: prepared.append(("broker", user))
+    )
     commands.answer("systemctl", stdout="LoadState=not-found\n")
     pid, unit = DaemonSupervisor().launch(paths)
     assert (pid, prepared) == (None, [("dir", "nsproxy"), ("broker", "nsproxy")])
@@ -290,7 +292,7 @@ def detached(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     monkeypatch.setattr(
         broker_control,
         "ensure_detached",
-        lambda p, user: calls.append(("broker", user)) or types.SimpleNamespace(pid=77),
+        lambda p, user, timeout: calls.append(("broker", user, timeout)) or types.SimpleNamespace(pid=77),
     )
     monkeypatch.setattr(
         daemon_control.subprocess, "Popen", lambda cmd, **kw: calls.append(Spawned(cmd, **kw)) or calls[-1]
@@ -300,9 +302,9 @@ def detached(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 def test_a_detached_daemon_gets_its_own_session_log_files_and_the_broker(detached, paths):
     sup = DaemonSupervisor()
-    assert sup.launch(paths) == (4242, None)
+    assert sup.launch(paths, 12.5) == (4242, None)
     dir_, broker, spawned = detached
-    assert (dir_, broker) == (("dir", None), ("broker", None))
+    assert (dir_, broker) == (("dir", None), ("broker", None, 12.5))
     assert spawned.cmd == [
         *daemon_control.daemon_argv(paths),
         "--log-file",
@@ -332,7 +334,7 @@ def test_a_detached_daemon_s_log_is_appended_to(detached, paths):
 
 
 def test_a_broker_started_elsewhere_is_not_a_child(detached, monkeypatch, paths):
-    monkeypatch.setattr(broker_control, "ensure_detached", lambda p, user: None)
+    monkeypatch.setattr(broker_control, "ensure_detached", lambda p, user, timeout: None)
     sup = DaemonSupervisor()
     sup.launch(paths)
     assert list(sup.children) == [4242]
@@ -351,13 +353,49 @@ def test_the_log_is_closed_when_the_broker_cannot_start(detached, monkeypatch, p
     real_open = open
     monkeypatch.setattr(daemon_control, "open", lambda *a: opened.append(real_open(*a)) or opened[-1], raising=False)
 
-    def fail(p: Paths, user: str | None) -> None:
+    def fail(p: Paths, user: str | None, timeout: float) -> None:
         raise DaemonError("broker did not start")
 
     monkeypatch.setattr(broker_control, "ensure_detached", fail)
     with pytest.raises(DaemonError, match="broker did not start"):
         DaemonSupervisor().launch(paths)
     assert [f.closed for f in opened] == [True]
+
+
+def slow_broker(paths: Paths, binds_after: float | None) -> list[str]:
+    """A broker stand-in that binds the broker socket after `binds_after` s (None: never) and stays
+    until killed."""
+    bind = (
+        ""
+        if binds_after is None
+        else (
+            f"time.sleep({binds_after}); s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET); "
+            f"s.bind({paths.broker_socket!r}); s.listen(1); "
+        )
+    )
+    return [sys.executable, "-c", f"import socket, time; {bind}time.sleep(60)"]
+
+
+@pytest.mark.parametrize("binds_after", [None, 0.5])
+def test_a_detached_broker_gets_the_callers_timeout_to_answer(monkeypatch, paths, binds_after):
+    monkeypatch.setattr(broker_control, "broker_argv", lambda p, user: slow_broker(p, binds_after))
+    spawned: list[subprocess.Popen[bytes]] = []
+    real_popen = subprocess.Popen
+    monkeypatch.setattr(
+        broker_control.subprocess, "Popen", lambda *a, **kw: spawned.append(real_popen(*a, **kw)) or spawned[-1]
+    )
+    try:
+        if binds_after is None:
+            with pytest.raises(DaemonError) as err:
+                broker_control.ensure_detached(paths, None, 0.3)
+            assert str(err.value) == f"nsproxy-broker did not answer on {paths.broker_socket} within 0.3 s"
+        else:
+            child = broker_control.ensure_detached(paths, None, 30.0)
+            assert child is spawned[0] and child.poll() is None and broker_control.answers(paths)
+    finally:
+        for proc in spawned:
+            proc.kill()
+            proc.wait()
 
 
 # -- children ------------------------------------------------------------------------------------
@@ -639,7 +677,7 @@ def supervised(
         sup, "_wait_for", lambda p, gen, deadline, pid, unit: calls.append(("wait", gen, deadline, pid, unit))
     )
     monkeypatch.setattr(sup, "_reload", lambda p, pid, gen, deadline: calls.append(("reload", pid, gen, deadline)))
-    monkeypatch.setattr(sup, "launch", lambda p: (calls.append("launch"), launched)[1])
+    monkeypatch.setattr(sup, "launch", lambda p, timeout: (calls.append(("launch", timeout)), launched)[1])
     return sup, calls
 
 
@@ -655,16 +693,22 @@ def test_a_reload_may_take_the_drain_timeout_on_top(monkeypatch, paths, clock, d
 
 
 @pytest.mark.parametrize("launched", [(77, None), (None, "nsproxyd-x")])
-def test_a_launch_gets_the_timeout_only(monkeypatch, paths, clock, launched):
+def test_a_launch_gets_the_timeout_only_and_for_the_whole_start_broker_included(monkeypatch, paths, clock, launched):
     sup, calls = supervised(monkeypatch, DaemonStatus(running=False), launched)
+    launch = sup.launch
+    monkeypatch.setattr(
+        sup, "launch", lambda p, timeout: (setattr(clock, "now", clock.now + 3.0), launch(p, timeout))[1]
+    )
     assert sup.ensure_daemon(paths, "g2", timeout=5.0) == "launched"
-    assert calls == ["launch", ("wait", "g2", 105.0, *launched)]
+    # The broker's start may take all of it (a slow machine: CI's kernel stage under TCG needed more
+    # than a fixed 15 s), and the daemon's wait ends when the same 5 s are up.
+    assert calls == [("launch", 5.0), ("wait", "g2", 105.0, *launched)]
 
 
 def test_a_running_daemon_without_a_known_pid_is_launched(monkeypatch, paths, clock):
     sup, calls = supervised(monkeypatch, DaemonStatus(running=True, pid=None, generation="g2"))
     assert sup.ensure_daemon(paths, "g2", timeout=5.0) == "launched"
-    assert calls[0] == "launch"
+    assert calls[0] == ("launch", 5.0)
 
 
 # -- stopping ------------------------------------------------------------------------------------
@@ -789,7 +833,7 @@ def test_waiting_for_a_unit_tells_its_journal_at_the_deadline(paths, clock, monk
 def test_a_detached_daemon_and_its_broker_run_as_the_configured_user(detached, monkeypatch, paths):
     monkeypatch.setattr(broker_control, "daemon_user", lambda: "nsproxy")
     DaemonSupervisor().launch(paths)
-    assert detached[:2] == [("dir", "nsproxy"), ("broker", "nsproxy")]
+    assert detached[:2] == [("dir", "nsproxy"), ("broker", "nsproxy", daemon_control.DAEMON_TIMEOUT)]
     assert detached[2].cmd[-4:] == ["--broker", paths.broker_socket, "--user", "nsproxy"]
 
 
