@@ -304,7 +304,7 @@ class Broker:
         path = message.get("netns")
         family = message.get("family")
         count = message.get("count", 1)
-        if not isinstance(path, str) or path not in self.registry.upstream_netns:
+        if not isinstance(path, str) or not self.registry.dials_upstream_from(path):
             raise RequestError(f"no tenant of the runtime config dials its upstream from namespace {path!r}")
         if family not in (socket.AF_INET, socket.AF_INET6):
             raise RequestError(f"family {family!r} is not AF_INET or AF_INET6")

@@ -252,7 +252,7 @@ def test_ensure_daemon_reloads_only_what_needs_it(monkeypatch, paths, generation
     monkeypatch.setattr(daemon_control, "_needs_retry", lambda p: needs_retry)
     monkeypatch.setattr(sup, "_wait_for", lambda *a: calls.append("wait"))
     monkeypatch.setattr(sup, "_reload", lambda p, pid, gen, deadline: calls.append(f"reload {pid} {gen}"))
-    monkeypatch.setattr(sup, "launch", lambda p: calls.append("launch"))
+    monkeypatch.setattr(sup, "launch", lambda p, timeout: calls.append("launch"))
     assert sup.ensure_daemon(paths, "g2", timeout=5.0) == action
     assert calls == (["wait"] if action == "unchanged" else ["reload 42 g2"])
 
@@ -261,7 +261,7 @@ def test_ensure_daemon_launches_when_nothing_runs(monkeypatch, paths):
     calls: list[Any] = []
     sup = daemon_control.DaemonSupervisor()
     monkeypatch.setattr(sup, "status", lambda p: DaemonStatus(running=False))
-    monkeypatch.setattr(sup, "launch", lambda p: (calls.append("launch"), (77, None))[1])
+    monkeypatch.setattr(sup, "launch", lambda p, timeout: (calls.append("launch"), (77, None))[1])
     monkeypatch.setattr(sup, "_wait_for", lambda p, gen, deadline, pid, unit: calls.append(("wait", gen, pid, unit)))
     assert sup.ensure_daemon(paths, "g2", timeout=5.0) == "launched"
     assert calls == ["launch", ("wait", "g2", 77, None)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 
 import pytest
@@ -106,3 +107,73 @@ def test_equal_limits_upstreams_and_listeners_are_one_object(tmp_path):
     assert len({id(t.upstream) for t in config.tenants}) == 1
     assert len({id(t.listen) for t in config.tenants}) == 1
     assert len({id(t.netns) for t in config.tenants}) == 50  # each tenant's own
+
+
+class CountingFile(io.BytesIO):
+    """A file that counts the bytes read from it."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        out = super().read(size)
+        self.bytes_read += len(out)
+        return out
+
+
+def test_a_reload_whose_delta_carries_the_changes_reads_the_head_alone(tmp_path, monkeypatch):
+    monkeypatch.setattr(runtime_config, "HEAD_READ", 512)
+    path = tmp_path / "config.json"
+    tenants = many(300)
+    write(path, tenants)
+    loader = runtime_config.Loader(str(path))
+    first = loader.load()
+    changed = dataclasses.replace(tenants[7], tenant_id="new-id")
+    write(path, [*tenants[:7], changed, *tenants[8:299], tenant("added", "nsx")])  # t299 removed
+    data = path.read_bytes()
+    f = CountingFile(data)
+    second = loader.load_file(f)
+    body_at = data.index(b', "tenants": [\n')
+    assert f.bytes_read < body_at + 512 < len(data) // 4  # the head, not the 300 tenants' lines
+    assert second == runtime_config.load(str(path))  # the same config, the same order
+    assert loader.incremental and sorted(t.name for t in loader.changed) == ["added", "t7"]
+    assert sorted((t.name, t.tenant_id) for t in loader.removed) == [("t299", "t299"), ("t7", "t7")]
+    assert all(a is b for a, b in zip(first.tenants[:299], second.tenants, strict=False) if a.name != "t7")
+
+
+def test_a_delta_of_the_version_before_finds_its_lines_in_the_body(tmp_path):
+    path = tmp_path / "config.json"
+    tenants = many(10)
+    write(path, tenants)
+    loader = runtime_config.Loader(str(path))
+    loader.load()
+    write(path, [*tenants[:3], dataclasses.replace(tenants[3], tenant_id="x"), *tenants[4:9]])  # t9 removed
+    doc = json.loads(path.read_text())
+    del doc["delta"]["changed"]  # as the applier of the version before writes it
+    lines = path.read_text().split("\n")
+    lines[0] = json.dumps({k: v for k, v in doc.items() if k != "tenants"}, sort_keys=True)[:-1] + ', "tenants": ['
+    path.write_text("\n".join(lines))
+    assert "changed" not in json.loads(path.read_text())["delta"]
+    config = loader.load()
+    assert config == runtime_config.load(str(path))
+    assert [t.name for t in loader.changed] == ["t3"] and sorted(t.name for t in loader.removed) == ["t3", "t9"]
+
+
+def test_a_bad_entry_in_the_delta_is_a_clear_error_and_changes_nothing(tmp_path):
+    path = tmp_path / "config.json"
+    tenants = many(3)
+    write(path, tenants)
+    loader = runtime_config.Loader(str(path))
+    first = loader.load()
+    write(path, [tenants[0], dataclasses.replace(tenants[1], tenant_id="x"), tenants[2]])
+    path.write_text(path.read_text().replace('"tenant_id": "x"', '"tenant_id": 7', 1))
+    with pytest.raises(RuntimeConfigError, match=r"config.json: delta, tenant 't1': .*tenant_id"):
+        loader.load()
+    write(path, tenants)  # the first config again...
+    write(path, [*tenants, tenant("t3", "ns3")])  # ...and a delta from it: the generation the loader kept
+    assert json.loads(path.read_text())["delta"]["from"] == first.generation
+    config = loader.load()
+    assert [t.name for t in config.tenants] == ["t0", "t1", "t2", "t3"]
+    assert [t.name for t in loader.changed] == ["t3"] and loader.removed == []
+    assert config.tenants[:3] == first.tenants and config.tenants[1].tenant_id == "t1"
