@@ -177,3 +177,32 @@ def test_a_bad_entry_in_the_delta_is_a_clear_error_and_changes_nothing(tmp_path)
     assert [t.name for t in config.tenants] == ["t0", "t1", "t2", "t3"]
     assert [t.name for t in loader.changed] == ["t3"] and loader.removed == []
     assert config.tenants[:3] == first.tenants and config.tenants[1].tenant_id == "t1"
+
+
+@pytest.mark.parametrize(
+    "excluded",
+    [
+        {},
+        {"t1": 'it says , "tenants": [ and "manifest": {'},  # the patterns, escaped inside strings
+        {'name , "tenants": ["x"]}': "odd"},
+    ],
+)
+def test_the_head_is_decoded_without_the_manifest_s_names_and_nothing_else_is_lost(tmp_path, excluded):
+    path = tmp_path / "config.json"
+    tenants = many(4)
+    paths = Paths(state_dir=str(tmp_path), runtime_dir=str(tmp_path))
+    names = [t.name for t in tenants] + list(excluded)
+    manifest = Manifest(1, tuple(tenants), DaemonSettings())
+    for served in (tenants, tenants[:2]):  # the second written over the first: with a delta
+        config = runtime_config.render(
+            dataclasses.replace(manifest, tenants=tuple(served)), paths, all_tenants=names, excluded=excluded
+        )
+        runtime_config.write(config, str(path))
+    data = path.read_bytes()
+    whole = json.loads(data)
+    assert whole["manifest"]["tenants"] == names and "delta" in whole
+    head = runtime_config._head_of(data)
+    expected = {k: v for k, v in whole.items() if k != "tenants"} | {"tenants": []}
+    del expected["manifest"]["tenants"]
+    assert head == expected
+    assert runtime_config.Loader(str(path)).load().excluded == excluded
