@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import http.client
-import json
 import os
 import shutil
 import signal
@@ -181,8 +180,8 @@ def log_tail(paths: Paths, unit: str | None = None) -> str:
 
 def _drain_timeout(paths: Paths) -> float:
     try:
-        with open(paths.config) as f:
-            return float(json.load(f)["daemon"]["drain_timeout"])
+        with open(paths.config, "rb") as f:  # orjson: json raises RecursionError for deep nesting
+            return float(orjson.loads(f.read())["daemon"]["drain_timeout"])
     except (OSError, ValueError, KeyError, TypeError):
         return DRAIN_TIMEOUT
 

@@ -246,9 +246,9 @@ def _delta(old: bytes, old_head: dict[str, Any], config: dict[str, Any], lines: 
 
 def read(path: str) -> dict[str, Any] | None:
     """The config on disk as plain JSON, or None when it is absent or unreadable (for planning)."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+    try:  # orjson: json raises RecursionError, not ValueError, for a file of deeply nested lists
+        with open(path, "rb") as f:
+            data = orjson.loads(f.read())
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
@@ -267,16 +267,15 @@ class RuntimeConfig:
 
 def load(path: str) -> RuntimeConfig:
     """The runtime config at `path`, or RuntimeConfigError naming the file and the problem."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+    try:  # orjson, as read() (invalid UTF-8 is a JSONDecodeError there)
+        with open(path, "rb") as f:
+            data = orjson.loads(f.read())
     except FileNotFoundError:
         raise RuntimeConfigError(f"{path}: no such file (write it with nsproxy-apply)") from None
-    except json.JSONDecodeError as e:
+    except orjson.JSONDecodeError as e:
         raise RuntimeConfigError(f"{path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        reason = e.strerror if isinstance(e, OSError) else str(e)
-        raise RuntimeConfigError(f"{path}: cannot read: {reason}") from None
+    except OSError as e:
+        raise RuntimeConfigError(f"{path}: cannot read: {e.strerror}") from None
     try:
         return parse(data)
     except RuntimeConfigError as e:
@@ -458,12 +457,10 @@ class Loader:
         return config
 
     def _whole(self, data: bytes) -> RuntimeConfig:
-        try:
-            doc = json.loads(data)
-        except json.JSONDecodeError as e:
+        try:  # orjson, as load()
+            doc = orjson.loads(data)
+        except orjson.JSONDecodeError as e:
             raise RuntimeConfigError(f"{self.path}:{e.lineno}:{e.colno}: invalid JSON: {e.msg}") from None
-        except UnicodeDecodeError as e:
-            raise RuntimeConfigError(f"{self.path}: not UTF-8: {e.reason}") from None
         try:
             config = parse(doc)
         except RuntimeConfigError as e:

@@ -9,10 +9,10 @@ import json
 import pytest
 from support import tenant
 
-from nsproxy_appliance import runtime_config
+from nsproxy_appliance import daemon_control, runtime_config
 from nsproxy_appliance.errors import RuntimeConfigError
 from nsproxy_appliance.model import DaemonSettings, Manifest
-from nsproxy_appliance.paths import Paths
+from nsproxy_appliance.paths import DRAIN_TIMEOUT, Paths
 
 
 def write(path, tenants):
@@ -206,3 +206,22 @@ def test_the_head_is_decoded_without_the_manifest_s_names_and_nothing_else_is_lo
     del expected["manifest"]["tenants"]
     assert head == expected
     assert runtime_config.Loader(str(path)).load().excluded == excluded
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (b"[" * 200_000, r"config.json:1:\d+: invalid JSON: depth limit exceeded"),  # json: RecursionError
+        (b'{"format": 1,\n "x": \xff}', r"config.json:1:1: invalid JSON: str is not valid UTF-8"),  # checked first
+        (b'{"format": 1,\n "x": [1,,]}', r"config.json:2:\d+: invalid JSON: "),
+    ],
+)
+def test_an_unreadable_config_is_a_clear_error_for_every_reader(tmp_path, content, error):
+    path = tmp_path / "config.json"
+    path.write_bytes(content)
+    for load in (runtime_config.load, lambda p: runtime_config.Loader(p).load()):
+        with pytest.raises(RuntimeConfigError, match=error):
+            load(str(path))
+    assert runtime_config.read(str(path)) is None
+    paths = Paths(state_dir=str(tmp_path), runtime_dir=str(tmp_path))
+    assert daemon_control._drain_timeout(paths) == DRAIN_TIMEOUT
