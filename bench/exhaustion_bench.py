@@ -56,7 +56,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import haproxy_reference
 import nginx_upstream
-from proxy_bench import cpu_seconds, rss_kb  # bench/ is not a package
+import proxy_bench  # bench/ is not a package
+from proxy_bench import cpu_seconds, free_port, rss_kb
 
 from nsproxy_appliance import netns, runtime_config
 from nsproxy_appliance.model import DaemonSettings, Limits, Listen, Manifest, NetnsRef, Tenant, Upstream
@@ -156,12 +157,6 @@ def _normal_priority() -> None:
     os.setpriority(os.PRIO_PROCESS, 0, 0)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
 def bench_netns(role: str) -> Iterator[str]:
     name = f"nsxb-{role}-{secrets.token_hex(2)}"
@@ -173,23 +168,9 @@ def bench_netns(role: str) -> Iterator[str]:
         netns.delete_named(name)
 
 
-def wait_http(ns: str | None, port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            with netns.socket_in(netns.named_path(ns) if ns else None, socket.AF_INET) as sock:
-                sock.settimeout(2)
-                sock.connect(("127.0.0.1", port))
-                sock.sendall(b"GET /small HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-                data = sock.recv(256)
-                if data.startswith(b"HTTP/1.1 200"):
-                    return
-                last = data[:80]
-        except OSError as e:
-            last = e
-        time.sleep(0.1)
-    raise RuntimeError(f"nothing answers on 127.0.0.1:{port} in {ns or 'the host'}: {last}")
+def wait_http(ns: str | None, port: int) -> None:
+    """proxy_bench's wait, for a namespace named `ns` (None: the host)."""
+    proxy_bench.wait_http(netns.named_path(ns) if ns else None, port)
 
 
 def start_nginx(procs: Procs, workdir: str, port: int) -> None:
