@@ -26,12 +26,17 @@ def many(n, **kw):
     return [tenant(f"t{i}", f"ns{i}", **kw) for i in range(n)]
 
 
-def test_a_loaded_config_equals_a_whole_parse_and_keeps_unchanged_tenants_objects(tmp_path):
+def loaded(tmp_path, tenants):
+    """A config of `tenants` written and loaded once: (its path, the loader, what it loaded)."""
     path = tmp_path / "config.json"
-    tenants = many(20)
     write(path, tenants)
     loader = runtime_config.Loader(str(path))
-    first = loader.load()
+    return path, loader, loader.load()
+
+
+def test_a_loaded_config_equals_a_whole_parse_and_keeps_unchanged_tenants_objects(tmp_path):
+    tenants = many(20)
+    path, loader, first = loaded(tmp_path, tenants)
     assert first == runtime_config.load(str(path)) and not loader.incremental
     changed = dataclasses.replace(tenants[5], tenant_id="new-id")
     write(path, [*tenants[:5], changed, *tenants[6:19], tenant("added", "nsx")])  # t19 removed
@@ -49,11 +54,8 @@ def test_a_loaded_config_equals_a_whole_parse_and_keeps_unchanged_tenants_object
 
 
 def test_without_a_delta_every_line_is_compared(tmp_path):
-    path = tmp_path / "config.json"
     tenants = many(10)
-    write(path, tenants)
-    loader = runtime_config.Loader(str(path))
-    first = loader.load()
+    path, loader, first = loaded(tmp_path, tenants)
     doc = path.read_bytes()
     write(path, [*tenants[:3], dataclasses.replace(tenants[3], tenant_id="x"), *tenants[4:]])
     path.write_text(path.read_text().replace('"delta":', '"x-delta":', 1))  # a file without a delta
@@ -64,11 +66,8 @@ def test_without_a_delta_every_line_is_compared(tmp_path):
 
 
 def test_a_delta_from_another_generation_is_not_trusted(tmp_path):
-    path = tmp_path / "config.json"
     tenants = many(5)
-    write(path, tenants)
-    loader = runtime_config.Loader(str(path))
-    loader.load()
+    path, loader, _ = loaded(tmp_path, tenants)
     write(path, many(3))  # the writer's delta is relative to the file it replaced...
     write(path, [*many(3), tenant("late", "nsl")])  # ...but this loader missed that generation
     config = loader.load()
@@ -124,11 +123,8 @@ class CountingFile(io.BytesIO):
 
 def test_a_reload_whose_delta_carries_the_changes_reads_the_head_alone(tmp_path, monkeypatch):
     monkeypatch.setattr(runtime_config, "HEAD_READ", 512)
-    path = tmp_path / "config.json"
     tenants = many(300)
-    write(path, tenants)
-    loader = runtime_config.Loader(str(path))
-    first = loader.load()
+    path, loader, first = loaded(tmp_path, tenants)
     changed = dataclasses.replace(tenants[7], tenant_id="new-id")
     write(path, [*tenants[:7], changed, *tenants[8:299], tenant("added", "nsx")])  # t299 removed
     data = path.read_bytes()
@@ -143,11 +139,8 @@ def test_a_reload_whose_delta_carries_the_changes_reads_the_head_alone(tmp_path,
 
 
 def test_a_delta_of_the_version_before_finds_its_lines_in_the_body(tmp_path):
-    path = tmp_path / "config.json"
     tenants = many(10)
-    write(path, tenants)
-    loader = runtime_config.Loader(str(path))
-    loader.load()
+    path, loader, _ = loaded(tmp_path, tenants)
     write(path, [*tenants[:3], dataclasses.replace(tenants[3], tenant_id="x"), *tenants[4:9]])  # t9 removed
     doc = json.loads(path.read_text())
     del doc["delta"]["changed"]  # as the applier of the version before writes it
@@ -161,11 +154,8 @@ def test_a_delta_of_the_version_before_finds_its_lines_in_the_body(tmp_path):
 
 
 def test_a_bad_entry_in_the_delta_is_a_clear_error_and_changes_nothing(tmp_path):
-    path = tmp_path / "config.json"
     tenants = many(3)
-    write(path, tenants)
-    loader = runtime_config.Loader(str(path))
-    first = loader.load()
+    path, loader, first = loaded(tmp_path, tenants)
     write(path, [tenants[0], dataclasses.replace(tenants[1], tenant_id="x"), tenants[2]])
     path.write_text(path.read_text().replace('"tenant_id": "x"', '"tenant_id": 7', 1))
     with pytest.raises(RuntimeConfigError, match=r"config.json: delta, tenant 't1': .*tenant_id"):
