@@ -318,8 +318,10 @@ class Loader:
         """load(), from the file opened by the caller (the broker opens it only after checking who
         could have written it). Only the head is read when its delta carries every change since the
         generation this loader has; otherwise the whole file."""
+        if self._generation is None:  # the first load: every line is needed
+            return self.load_bytes(f.read())
         data, start = _read_head(f)
-        if start >= 0 and self._generation is not None:
+        if start >= 0:
             head = _decoded_head(data, start)
             if head is not None:
                 result = self._by_delta(head)
