@@ -307,7 +307,7 @@ class Loader:
     def load(self) -> RuntimeConfig:
         path = self.path
         try:
-            with open(path, "rb") as f:  # bytes: json reads them as they are, and decoding 10,000 lines costs
+            with open(path, "rb") as f:  # bytes: orjson reads them as they are
                 return self.load_file(f)
         except FileNotFoundError:
             raise RuntimeConfigError(f"{path}: no such file (write it with nsproxy-apply)") from None

@@ -215,3 +215,18 @@ def test_an_unreadable_config_is_a_clear_error_for_every_reader(tmp_path, conten
     assert runtime_config.read(str(path)) is None
     paths = Paths(state_dir=str(tmp_path), runtime_dir=str(tmp_path))
     assert daemon_control._drain_timeout(paths) == DRAIN_TIMEOUT
+
+
+def test_writing_the_config_the_file_holds_again_changes_nothing_with_a_delta_carrying_entries(tmp_path):
+    path = tmp_path / "config.json"
+    tenants = many(3)
+    odd = dataclasses.replace(tenants[1], tenant_id='z\u00e9\U0001f600"\\')  # escaped on the way out
+    paths = Paths(state_dir=str(tmp_path), runtime_dir=str(tmp_path))
+    manifest = Manifest(1, tuple(tenants), DaemonSettings())
+    runtime_config.write(runtime_config.render(manifest, paths), str(path))
+    config = runtime_config.render(dataclasses.replace(manifest, tenants=(tenants[0], odd)), paths)
+    assert runtime_config.write(config, str(path)) is True
+    written = path.read_bytes()
+    assert json.loads(written)["delta"]["changed"]["t1"]["tenant_id"] == odd.tenant_id
+    assert runtime_config.write(config, str(path)) is False  # nsproxy-apply reports no change
+    assert path.read_bytes() == written
