@@ -17,10 +17,13 @@ Setup (all on this machine, loopback only):
 Phases, each `--duration` seconds, quiet p99 measured during each: baseline, slowloris (500
 connections dribbling header bytes), slow_body (100 connections dribbling bodies), slow_reader (50
 connections fetching /big without reading), idle_5000, flood (6,000 held + a churn of connections
-above max_connections), then a second daemon under RLIMIT_NOFILE 1024 soft AND hard with its own
-baseline and fd_exhaustion_1024 (1,100 hostile connections). Reported: quiet p50/p99/max, errors,
-p99 ratio attack/baseline (goal <= 2x), the daemon's RSS and fd count before/during/after, and its
-CPU use during the phase.
+above max_connections), tls_handshake_flood (wrk, 50 connections, a full TLS handshake per request
+on the hostile tenant's TLS listener, ECDSA P-256; no session resumption in either proxy: nsproxyd
+runs with tls_bench's patch that issues no tickets, HAProxy with no-tls-tickets and no session
+cache; the handshakes a second it got are reported), then a second daemon under RLIMIT_NOFILE 1024
+soft AND hard with its own baseline and fd_exhaustion_1024 (1,100 hostile connections). Reported:
+quiet p50/p99/max, errors, p99 ratio attack/baseline (goal <= 2x), the daemon's RSS and fd count
+before/during/after, and its CPU use during the phase.
 
 With --haproxy the same attacks then run against HAProxy 2.6 (the reference: one process on CPU 0
 serving both namespaces with `bind ... namespace`, the hostile frontend at maxconn 6000), each
@@ -38,6 +41,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import resource
 import secrets
 import signal
@@ -57,12 +61,25 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import haproxy_reference
 import nginx_upstream
 import proxy_bench  # bench/ is not a package
+import tls_bench
 from proxy_bench import cpu_seconds, free_port, rss_kb
 
 from nsproxy_appliance import netns, runtime_config
-from nsproxy_appliance.model import DaemonSettings, Limits, Listen, Manifest, NetnsRef, Tenant, Upstream
+from nsproxy_appliance.model import (
+    Certificate,
+    DaemonSettings,
+    Limits,
+    Listen,
+    ListenTls,
+    Manifest,
+    NetnsRef,
+    Tenant,
+    Upstream,
+)
 
 PORT = 8080
+TLS_PORT = 8443  # the hostile tenant's TLS listener (ECDSA P-256), for the handshake flood
+FLOOD_CONNECTIONS = 50
 P99_GOAL = 2.0
 CLIENT_CPU, DAEMON_CPU = "1", "0"
 ATTACK_NICE = 10
@@ -200,7 +217,13 @@ def start_nginx(procs: Procs, workdir: str, port: int) -> None:
 
 
 def start_nsproxyd(
-    procs: Procs, workdir: str, quiet: str, hostile: str, upstream_port: int, nofile: tuple[int, int] | None
+    procs: Procs,
+    workdir: str,
+    quiet: str,
+    hostile: str,
+    upstream_port: int,
+    nofile: tuple[int, int] | None,
+    served: tls_bench.Served,
 ) -> subprocess.Popen[bytes]:
     tag = "nofile" if nofile else "default"
     paths = runtime_config.Paths(
@@ -208,11 +231,11 @@ def start_nsproxyd(
     )
     up = Upstream(kind="http", host="127.0.0.1", port=upstream_port, url=f"http://127.0.0.1:{upstream_port}")
 
-    def tenant(name: str, ns: str, limits: Limits) -> Tenant:
+    def tenant(name: str, ns: str, limits: Limits, *tls: Listen) -> Tenant:
         return Tenant(
             name=name,
             netns=NetnsRef.named(ns),
-            listen=(Listen("127.0.0.1", PORT),),
+            listen=(Listen("127.0.0.1", PORT), *tls),
             upstream=up,
             tenant_id=name,
             tenant_header="X-Tenant-ID",
@@ -220,9 +243,10 @@ def start_nsproxyd(
         )
 
     hostile_limits = Limits(max_connections=6000, header_timeout=60.0)
+    hostile_tls = Listen("127.0.0.1", TLS_PORT, ListenTls(certificates=(Certificate(served.cert, served.key),)))
     manifest = Manifest(
         version=1,
-        tenants=(tenant("quiet", quiet, Limits()), tenant("hostile", hostile, hostile_limits)),
+        tenants=(tenant("quiet", quiet, Limits()), tenant("hostile", hostile, hostile_limits, hostile_tls)),
         daemon=DaemonSettings(access_log="off"),
     )
     runtime_config.write(runtime_config.render(manifest, paths), paths.config)
@@ -232,16 +256,21 @@ def start_nsproxyd(
         if nofile is not None:
             resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
 
-    cmd = ["taskset", "-c", DAEMON_CPU, sys.executable, "-m", "nsproxy_appliance.daemon.main", "--config", paths.config]
+    # without TLS session tickets, as HAProxy is configured below: every flooded handshake is a full one
+    no_resumption = [sys.executable, "-c", tls_bench.NO_RESUMPTION_NSPROXYD]
+    cmd = ["taskset", "-c", DAEMON_CPU, *no_resumption, "--config", paths.config]
     proc = procs.start([*cmd, "--log-file", os.path.join(workdir, f"nsproxyd-{tag}.log")], preexec_fn=limit, cwd="/")
     wait_http(quiet, PORT)
     wait_http(hostile, PORT)
     return proc
 
 
-def start_haproxy(procs: Procs, workdir: str, quiet: str, hostile: str, upstream_port: int) -> subprocess.Popen[bytes]:
+def start_haproxy(
+    procs: Procs, workdir: str, quiet: str, hostile: str, upstream_port: int, served: tls_bench.Served
+) -> subprocess.Popen[bytes]:
     """The reference: HAProxy serving both tenants from one process on CPU 0, as nsproxyd does
-    (`bind ... namespace`), the hostile tenant's frontend held to the same 6,000 connections."""
+    (`bind ... namespace`), the hostile tenant's frontend held to the same 6,000 connections and
+    its TLS listener without session resumption, as nsproxyd's."""
     frontends = f"""frontend quiet
     bind 127.0.0.1:{PORT} namespace {quiet}
     http-request set-header X-Tenant-ID quiet
@@ -249,12 +278,18 @@ def start_haproxy(procs: Procs, workdir: str, quiet: str, hostile: str, upstream
 
 frontend hostile
     bind 127.0.0.1:{PORT} namespace {hostile}
+    bind 127.0.0.1:{TLS_PORT} namespace {hostile} ssl crt {served.combined} alpn http/1.1 no-tls-tickets
     maxconn 6000
     http-request set-header X-Tenant-ID hostile
     default_backend upstream
 """
     conf = haproxy_reference.write_conf(
-        os.path.join(workdir, "haproxy.cfg"), frontends, upstream_port, maxconn=9000, http_request_timeout="60s"
+        os.path.join(workdir, "haproxy.cfg"),
+        frontends,
+        upstream_port,
+        maxconn=9000,
+        http_request_timeout="60s",
+        extra_global="    tune.ssl.cachesize 0\n",
     )
     cmd = ["taskset", "-c", DAEMON_CPU, "haproxy", "-f", conf, "-db"]
     proc = procs.start(cmd, stdout=subprocess.DEVNULL, preexec_fn=_normal_priority)
@@ -378,6 +413,39 @@ class Flood(Attack):
         self.loop(0.05, churn)
 
 
+class TlsHandshakeFlood(Attack):
+    """wrk over TLS with `Connection: close` on the hostile tenant's TLS listener: every request a
+    new connection and a full handshake (neither proxy resumes sessions here), as fast as 50
+    connections go. wrk runs as this process does: niced, on the daemon's CPU."""
+
+    def __init__(self, hostile: str) -> None:
+        super().__init__(hostile)
+        self.name = hostile
+        self.wrk: subprocess.Popen[str] | None = None
+        self.per_s: float | None = None
+
+    def start(self) -> None:
+        cmd = ["ip", "netns", "exec", self.name, "wrk", "-t1", f"-c{FLOOD_CONNECTIONS}", "-d3600s"]
+        cmd += ["-H", "Connection: close", f"https://127.0.0.1:{TLS_PORT}/small"]
+        self.wrk = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def stop(self) -> None:
+        if self.wrk is not None:
+            self.wrk.send_signal(signal.SIGINT)  # wrk prints its summary on SIGINT
+            try:
+                out, _ = self.wrk.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.wrk.kill()
+                out, _ = self.wrk.communicate()
+            found = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+            if found is None:
+                print(f"tls_handshake_flood: no summary from wrk: {out.strip()!r}", file=sys.stderr)
+            else:
+                self.per_s = float(found.group(1))
+            self.wrk = None
+        super().stop()
+
+
 # ---- one phase --------------------------------------------------------------------------------
 
 
@@ -393,6 +461,7 @@ class Phase:
     fds: dict[str, int]
     daemon_cpu_pct: float  # nsproxyd CPU time (user+sys) over the phase, % of one core
     daemon_sys_pct: float  # of it, the kernel's (system time): socket calls, TCP, epoll
+    attack_per_s: float | None = None  # what the attack achieved: the flood's handshakes a second
 
 
 def run_client(quiet: str, rate: float, duration: float) -> dict[str, Any]:
@@ -456,18 +525,21 @@ def phase(name: str, attack: Attack | None, pid: int, quiet: str, rate: float, d
         fds={"before": before[1], "during": during[1], "after": after[1]},
         daemon_cpu_pct=round(cpu_pct, 1),
         daemon_sys_pct=round(sys_pct, 1),
+        attack_per_s=round(attack.per_s, 1) if isinstance(attack, TlsHandshakeFlood) and attack.per_s else None,
     )
 
 
-def attacks_for(hostile: str) -> list[tuple[str, Attack | None]]:
-    return [
+def attacks_for(hostile: str, only: list[str] | None = None) -> list[tuple[str, Attack | None]]:
+    every: list[tuple[str, Attack | None]] = [
         ("baseline", None),
         ("slowloris_500", Slowloris(hostile)),
         ("slow_body_100", SlowBody(hostile)),
         ("slow_reader_50", SlowReader(hostile)),
         ("idle_5000", Idle(hostile, 5000)),
         ("flood_above_max_connections", Flood(hostile)),
+        ("tls_handshake_flood", TlsHandshakeFlood(hostile)),
     ]
+    return [(name, attack) for name, attack in every if attack is None or not only or name in only]
 
 
 def main() -> int:
@@ -477,6 +549,12 @@ def main() -> int:
     parser.add_argument("--json", help="also write the JSON report here")
     parser.add_argument(
         "--haproxy", action="store_true", help="also run the attacks against HAProxy 2.6 (the reference), same layout"
+    )
+    parser.add_argument(
+        "--attack",
+        action="append",
+        choices=[*(name for name, attack in attacks_for("") if attack is not None), "fd_exhaustion_1024"],
+        help="run only this attack (repeatable; the baselines always run)",
     )
     parser.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=PORT, help=argparse.SUPPRESS)
@@ -510,21 +588,25 @@ def main() -> int:
         try:
             upstream_port = free_port()
             start_nginx(procs, workdir, upstream_port)
-            daemon = start_nsproxyd(procs, workdir, quiet, hostile, upstream_port, None)
-            for name, attack in attacks_for(hostile):
+            served = tls_bench.make_certificates(workdir, "ecdsa")
+            daemon = start_nsproxyd(procs, workdir, quiet, hostile, upstream_port, None, served)
+            for name, attack in attacks_for(hostile, args.attack):
                 phases.append(phase(name, attack, daemon.pid, quiet, args.rate, args.duration))
                 groups[name] = "baseline"
                 _progress(phases[-1])
             procs.stop(daemon)
-            limited = start_nsproxyd(procs, workdir, quiet, hostile, upstream_port, (1024, 1024))
-            for name, attack in (("baseline_nofile_1024", None), ("fd_exhaustion_1024", Idle(hostile, 1100))):
+            limited = start_nsproxyd(procs, workdir, quiet, hostile, upstream_port, (1024, 1024), served)
+            limited_phases = [("baseline_nofile_1024", None), ("fd_exhaustion_1024", Idle(hostile, 1100))]
+            if args.attack and "fd_exhaustion_1024" not in args.attack:
+                limited_phases = []
+            for name, attack in limited_phases:
                 phases.append(phase(name, attack, limited.pid, quiet, args.rate, args.duration))
                 groups[name] = "baseline_nofile_1024"
                 _progress(phases[-1])
             if args.haproxy:
                 procs.stop(limited)
-                haproxy = start_haproxy(procs, workdir, quiet, hostile, upstream_port)
-                for name, attack in attacks_for(hostile):
+                haproxy = start_haproxy(procs, workdir, quiet, hostile, upstream_port, served)
+                for name, attack in attacks_for(hostile, args.attack):
                     phases.append(phase(f"haproxy_{name}", attack, haproxy.pid, quiet, args.rate, args.duration))
                     groups[f"haproxy_{name}"] = "haproxy_baseline"
                     _progress(phases[-1])
@@ -560,6 +642,7 @@ def main() -> int:
                 "{before}/{during_max}/{after}".format(**{k: v // 1024 for k, v in p.rss_kb.items()}),
                 "{before}/{during}/{after}".format(**p.fds),
                 f"{p.daemon_cpu_pct:.0f} ({p.daemon_sys_pct:.0f})",
+                "" if p.attack_per_s is None else f"{p.attack_per_s:.0f}",
             )
         )
     header = (
@@ -572,6 +655,7 @@ def main() -> int:
         "RSS MiB b/d/a",
         "fds b/d/a",
         "daemon cpu % (sys)",
+        "attack/s",
     )
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:

@@ -229,6 +229,14 @@ def parse_wrk(out: str) -> Result:
     return Result(rps, p50, p99, transfer, errors, int(total.group(1)) if total else 0)
 
 
+def print_report(report: dict[str, Any], path: str | None) -> None:
+    """The benches' JSON report: printed, and also written to `path` when given."""
+    print(json.dumps(report, indent=2))
+    if path:
+        with open(path, "w") as f:
+            json.dump(report, f, indent=2)
+
+
 def cpu_seconds(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds of `pid` so far."""
     with open(f"/proc/{pid}/stat") as f:
@@ -385,10 +393,7 @@ def main() -> int:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
-    print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    print_report(report, args.json)
     return 0
 
 

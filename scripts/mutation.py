@@ -73,6 +73,7 @@ DATA_PLANE_TESTS = (
     "tests/unit/test_protocol_connection.py",
     "tests/unit/test_protocol_exchange_flow.py",
     "tests/unit/test_upstream_connection_state.py",
+    "tests/unit/test_upstream_cork.py",
 )
 
 # Tests that fail because they found a bug not fixed yet: mutmut needs a green run to start from,

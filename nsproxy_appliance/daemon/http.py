@@ -270,6 +270,7 @@ class ProxyProtocol(LazyTimer):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = self._closing = True
         self.parser = _DEAD_PARSER  # break the protocol <-> parser cycle: freed by refcount, not GC
+        self._parsing = self._last_parsed = self._queue = self._deferred = None  # and exchange -> protocol
         if self._rejected:
             return
         self.counters.active_connections -= 1
@@ -388,6 +389,8 @@ class ProxyProtocol(LazyTimer):
                 return
             if self._phase == _HEAD:
                 self._arm(self._phase_since + policy.header_timeout)
+        elif ex is not None and ex.sent and ex.has_body and self._up is not None:
+            self._up.cork()  # its body goes on in a later read: on_message_complete uncorks
 
     def _version_in_read(self) -> bytes | None:
         """The HTTP version of the head just parsed, read off the request line when this read began
@@ -518,6 +521,8 @@ class ProxyProtocol(LazyTimer):
                 ex.pending.append(b"")  # marks the last chunk
         if ex is self._active and self._phase == _BODY:
             self._phase = _BUSY
+        if ex.sent and ex.has_body and self._up is not None:
+            self._up.uncork()
 
     def _parse_error(self, status: int, reason: str) -> None:
         active, parsing = self._active, self._parsing

@@ -125,6 +125,8 @@ class UpstreamConnection(LazyTimer):
         self._last = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._tcp: socket.socket | None = None  # for TCP_CORK (None: a unix socket upstream)
+        self.corked = False
 
     # -- life cycle -----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -137,6 +139,8 @@ class UpstreamConnection(LazyTimer):
             # client side's send buffer (listeners.CLIENT_SNDBUF), rather than autotuned per connection.
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UPSTREAM_RCVBUF)
+            if sock.family != socket.AF_UNIX:
+                self._tcp = sock
         peer = transport.get_extra_info("peername")  # once per connection: for the access log
         self.peer_label = (
             (f"[{peer[0]}]:{peer[1]}" if ":" in peer[0] else f"{peer[0]}:{peer[1]}")
@@ -176,6 +180,8 @@ class UpstreamConnection(LazyTimer):
         self._awaiting_head = True
         self._body_bytes = 0
         self._read_timeout = read_timeout
+        if self.corked:  # an exchange that ended before its request body did: nothing may wait
+            self.uncork()
         self._last = now = self._time()
         at = now + read_timeout
         if self._timer is None or at < self._timer_at:
@@ -188,6 +194,23 @@ class UpstreamConnection(LazyTimer):
     def writelines(self, parts: list[bytes]) -> None:
         self._last = self.loop.time()
         self.transport.writelines(parts)  # type: ignore[union-attr]  # set in connection_made
+
+    def cork(self) -> None:
+        """More of the request body is to come: let the kernel hold partial segments until it ends
+        (HAProxy's MSG_MORE). A body dribbled a byte at a time then costs a cheap send per byte, not
+        a packet through loopback and a wake-up of the upstream each (tests/unit/test_upstream_cork.py)."""
+        sock = self._tcp
+        if sock is not None and not self.corked:
+            self.corked = True
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 1)
+
+    def uncork(self) -> None:
+        """The request body is complete: send what the kernel holds, now."""
+        if self.corked:
+            self.corked = False
+            with contextlib.suppress(OSError):
+                self._tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, 0)  # type: ignore[union-attr]  # cork() set it
 
     def abort(self) -> None:
         """Drop the connection (the exchange it served went wrong); never reused."""

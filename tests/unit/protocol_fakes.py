@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -167,6 +168,20 @@ class FakeTransport:
         self._lose(exc)
 
 
+class FakeSocket:
+    """What transport.get_extra_info("socket") gives: each TCP_CORK change, with everything written
+    to the transport by then."""
+
+    def __init__(self, transport: FakeTransport, family: int) -> None:
+        self.transport = transport
+        self.family = family
+        self.corks: list[tuple[int, bytes]] = []
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        if (level, option) == (socket.IPPROTO_TCP, socket.TCP_CORK):
+            self.corks.append((value, b"".join(self.transport.written)))
+
+
 class FakePool(UpstreamPool):
     """A pool whose connect() makes a FakeTransport-backed UpstreamConnection at once."""
 
@@ -175,12 +190,15 @@ class FakePool(UpstreamPool):
         self.fake_loop = loop
         self.transports: list[FakeTransport] = []
         self.refuse = False
+        self.socket_family: int | None = None  # set: its transports have a FakeSocket of that family
 
     async def connect(self, timeout: float) -> UpstreamConnection:
         if self.refuse:
             raise ConnectionRefusedError(111, "refused")
         conn = UpstreamConnection(self)
         transport = FakeTransport(self.fake_loop, ("127.0.0.1", 9000), ("127.0.0.1", 50000 + len(self.transports)))
+        if self.socket_family is not None:
+            transport.extra["socket"] = FakeSocket(transport, self.socket_family)
         transport.protocol = conn
         conn.connection_made(transport)  # type: ignore[arg-type]
         self.transports.append(transport)

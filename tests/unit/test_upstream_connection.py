@@ -456,6 +456,8 @@ def test_the_peer_label_of_the_access_log(peer, label):
 
 
 class RecordingSocket:
+    family = socket.AF_INET
+
     def __init__(self, fail: bool = False) -> None:
         self.options: list[tuple[int, int, int]] = []
         self.fail = fail
