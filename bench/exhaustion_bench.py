@@ -31,8 +31,8 @@ phase's ratio against HAProxy's own baseline.
 
     sudo .venv/bin/python bench/exhaustion_bench.py [--duration 5] [--rate 200] [--haproxy] [--json out.json]
 
-Needs root (namespaces), nginx (nginx-light), taskset. Cleans up the namespaces and every process it
-started on exit, also on Ctrl-C.
+Needs root (namespaces), nginx (nginx-light), taskset, wrk (the TLS handshake flood). Cleans up the
+namespaces and every process it started on exit, also on Ctrl-C.
 """
 
 from __future__ import annotations
