@@ -39,7 +39,7 @@ SENDER_CPU = 1  # the client's CPU: the proxy's CPU 0 does only the proxy's work
 
 def per_byte(pid: int, hostile: str, rounds: int) -> tuple[float, float]:
     """(user, system) CPU microseconds the process `pid` spent per dribbled byte."""
-    attack = xb.SlowBody(hostile)
+    attack = xb.Attack(hostile)  # its sockets in the hostile netns, closed by stop(); the dribbling is below
     socks = attack.connect(CONNECTIONS)
     try:
         for s in socks:

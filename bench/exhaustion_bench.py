@@ -62,7 +62,7 @@ import haproxy_reference
 import nginx_upstream
 import proxy_bench  # bench/ is not a package
 import tls_bench
-from proxy_bench import cpu_seconds, free_port, rss_kb
+from proxy_bench import cpu_seconds, free_port, print_report, rss_kb
 
 from nsproxy_appliance import netns, runtime_config
 from nsproxy_appliance.model import (
@@ -660,10 +660,7 @@ def main() -> int:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)))
-    print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    print_report(report, args.json)
     return 0
 
 

@@ -46,7 +46,6 @@ import argparse
 import contextlib
 import datetime
 import errno
-import json
 import os
 import re
 import shutil
@@ -72,6 +71,7 @@ from proxy_bench import (
     cpu_seconds,
     free_port,
     parse_wrk,
+    print_report,
     rss_kb,
     start_nginx,
     summarise,
@@ -589,10 +589,7 @@ def main() -> int:
         print("CPU per request by part (us, from perf):")
         for r in prow:
             print("  ".join(c.ljust(w) for c, w in zip(r, pw, strict=True)).rstrip())
-    print(json.dumps(report, indent=2))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    print_report(report, args.json)
     return 0
 
 

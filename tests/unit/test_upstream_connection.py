@@ -9,7 +9,7 @@ import socket
 from typing import Any
 
 import pytest
-from protocol_fakes import FakeLoop, FakeTransport
+from protocol_fakes import FakeLoop, FakeSocket, FakeTransport
 
 from nsproxy_appliance.daemon.fdbudget import FdBudget
 from nsproxy_appliance.daemon.flow_control import HIGH_WATER, LOW_WATER, PEER_BACKPRESSURE, ReadGate
@@ -68,11 +68,16 @@ class RecordingTransport(FakeTransport):
         self.limits = (high, low)
 
 
-def _connection(peer: Any = ("127.0.0.1", 9000), upstream: Upstream = UPSTREAM, **pool_kw: Any):
+def _connection(
+    peer: Any = ("127.0.0.1", 9000), upstream: Upstream = UPSTREAM, sock_family: int | None = None, **pool_kw: Any
+):
+    """A connection made on a fake transport (with a FakeSocket of `sock_family` when given)."""
     loop = FakeLoop()
     pool = UpstreamPool(upstream, None, budget=FdBudget(limit=1000), loop=loop, **pool_kw)  # type: ignore[arg-type]
     conn = UpstreamConnection(pool)
     transport = RecordingTransport(loop, peer, ("127.0.0.1", 50000))
+    if sock_family is not None:
+        transport.extra["socket"] = FakeSocket(transport, sock_family)
     transport.protocol = conn
     conn.connection_made(transport)  # type: ignore[arg-type]
     return conn, transport, pool, loop

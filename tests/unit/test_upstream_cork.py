@@ -13,10 +13,11 @@ import socket
 import pytest
 import uvloop
 from fresh_caches import fresh_dataplane_caches  # noqa: F401  (fixture)
-from protocol_fakes import FakeLoop, FakeSocket, FakeTransport, Wire
+from protocol_fakes import FakeSocket, Wire
+from test_upstream_connection import _connection, _serve
 
 from nsproxy_appliance.daemon.fdbudget import FdBudget
-from nsproxy_appliance.daemon.upstream import UpstreamConnection, UpstreamPool
+from nsproxy_appliance.daemon.upstream import UpstreamPool
 from nsproxy_appliance.model import Upstream
 
 pytestmark = pytest.mark.usefixtures("fresh_dataplane_caches")
@@ -99,30 +100,15 @@ def test_a_unix_socket_upstream_is_never_corked():
 
 
 def test_an_exchange_that_ended_while_corked_leaves_nothing_held_for_the_next():
-    loop = FakeLoop()
-    pool = UpstreamPool(
-        Upstream(kind="http", host="127.0.0.1", port=9000, url="http://127.0.0.1:9000"),
-        None,
-        budget=FdBudget(limit=100),
-        loop=loop,  # type: ignore[arg-type]
-    )
-    conn = UpstreamConnection(pool)
-    transport = FakeTransport(loop, ("127.0.0.1", 9000), ("127.0.0.1", 50000))
-    sock = FakeSocket(transport, socket.AF_INET)
-    transport.extra["socket"] = sock
-    conn.connection_made(transport)  # type: ignore[arg-type]
+    conn, transport, _, _ = _connection(sock_family=socket.AF_INET)
+    sock = transport.extra["socket"]
     conn.cork()
     conn.cork()
     assert [value for value, _ in sock.corks] == [1]
-    conn.bind(_Sink(), no_body=False, read_timeout=5)  # type: ignore[arg-type]
+    _serve(conn)
     assert [value for value, _ in sock.corks] == [1, 0] and not conn.corked
     conn.uncork()
     assert len(sock.corks) == 2
-
-
-class _Sink:
-    client_gate = None
-    out: list[bytes] = []
 
 
 def test_the_cork_is_the_kernels_on_a_real_tcp_connection():
